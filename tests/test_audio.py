@@ -1,0 +1,178 @@
+"""Resampling exactness and file reading, including every way a file can be unusable."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from detector.audio import (
+    StreamingResampler,
+    audio_info,
+    iter_file_blocks,
+    read_audio,
+    resample,
+)
+from detector.constants import SAMPLE_RATE
+from detector.errors import WhaleError
+
+
+def sine(freq: float, rate: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+@pytest.mark.parametrize(
+    ("block", "n_in"), [(1, 3000), (7, 20000), (4000, 100000), (65536, 200000)]
+)
+@pytest.mark.parametrize("in_rate", [44100, 48000, 1000])
+def test_blockwise_equals_one_shot(block: int, n_in: int, in_rate: int) -> None:
+    x = np.random.default_rng(block).standard_normal(n_in).astype(np.float32)
+    one_shot = resample(x, in_rate)
+    resampler = StreamingResampler(in_rate)
+    pieces = [resampler.process(x[i : i + block]) for i in range(0, n_in, block)]
+    streamed = np.concatenate(pieces + [resampler.flush()])
+    assert len(one_shot) == -(-n_in * SAMPLE_RATE // in_rate)
+    assert streamed.shape == one_shot.shape
+    np.testing.assert_allclose(streamed, one_shot, atol=1e-6)
+
+
+def test_uneven_blocks_match_one_shot() -> None:
+    x = np.random.default_rng(1).standard_normal(50000).astype(np.float32)
+    resampler = StreamingResampler(44100)
+    edges = [0, 1, 2, 9, 4000, 4001, 30000, 50000]
+    pieces = [resampler.process(x[a:b]) for a, b in zip(edges, edges[1:], strict=False)]
+    np.testing.assert_allclose(
+        np.concatenate(pieces + [resampler.flush()]), resample(x, 44100), atol=1e-6
+    )
+
+
+def test_same_rate_is_passthrough() -> None:
+    x = np.random.default_rng(2).standard_normal(1234).astype(np.float32)
+    np.testing.assert_array_equal(resample(x, SAMPLE_RATE), x)
+
+
+@pytest.mark.parametrize("in_rate", [44100, 48000])
+def test_sine_keeps_amplitude_and_timing(in_rate: int) -> None:
+    out = resample(sine(100, in_rate, 3.0), in_rate)
+    direct = sine(100, SAMPLE_RATE, 3.0)
+    assert len(out) == len(direct)
+    inner = slice(200, -200)  # away from the zero-padded edges
+    assert rms(out[inner]) == pytest.approx(rms(direct[inner]), rel=0.01)
+    assert np.max(np.abs(out[inner] - direct[inner])) < 1e-3  # a 1-sample shift would be 0.16
+
+
+def test_tone_above_nyquist_is_rejected() -> None:
+    tone = sine(1500, 44100, 2.0)  # would alias to 500 Hz
+    out = resample(tone, 44100)
+    attenuation_db = 20 * np.log10(rms(out[200:-200]) / rms(tone))
+    assert attenuation_db < -60
+
+
+def chirp(rate: int, seconds: float) -> np.ndarray:
+    """0.3 * a 60 -> 180 Hz linear sweep, sampled directly at `rate`."""
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.3 * np.sin(2 * np.pi * (60 * t + 15 * t**2))).astype(np.float32)
+
+
+@pytest.mark.parametrize(("ext", "fmt"), [("wav", "WAV"), ("aiff", "AIFF"), ("flac", "FLAC")])
+def test_stereo_44k_file_reads_back_as_2k_mono(tmp_path: Path, ext: str, fmt: str) -> None:
+    original = chirp(SAMPLE_RATE, 4.0)
+    at_44k = chirp(44100, 4.0)
+    other = np.random.default_rng(3).uniform(-0.5, 0.5, len(at_44k)).astype(np.float32)
+    path = tmp_path / f"stereo.{ext}"
+    sf.write(path, np.stack([at_44k, other], axis=1), 44100, format=fmt, subtype="PCM_16")
+    blocks = list(iter_file_blocks(path, channel=0, block_frames=10000))
+    assert len(blocks) > 2 and all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+    out = np.concatenate(blocks)
+    assert len(out) == len(original)
+    inner = slice(200, -200)
+    assert np.max(np.abs(out[inner] - original[inner])) < 0.01
+    np.testing.assert_array_equal(read_audio(path), out)
+    info = audio_info(path)
+    assert (info.samplerate, info.channels, info.frames) == (44100, 2, 4 * 44100)
+    assert info.duration_s == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize(("ext", "fmt"), [("wav", "WAV"), ("aiff", "AIFF"), ("flac", "FLAC")])
+def test_2k_file_reads_unchanged(tmp_path: Path, ext: str, fmt: str) -> None:
+    x = np.round(sine(150, SAMPLE_RATE, 2.0) * 32767) / 32768
+    path = tmp_path / f"clip.{ext}"
+    sf.write(path, x, SAMPLE_RATE, format=fmt, subtype="PCM_16")
+    np.testing.assert_allclose(read_audio(path), x, atol=1e-6)
+
+
+def valid_wav(path: Path, frames: int = 8000) -> Path:
+    sf.write(path, sine(100, SAMPLE_RATE, frames / SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_16")
+    return path
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nothing.wav"
+    with pytest.raises(WhaleError, match="nothing.wav.*no such"):
+        read_audio(path)
+    with pytest.raises(WhaleError, match="nothing.wav"):
+        audio_info(path)
+
+
+def test_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "noise.wav"
+    path.write_bytes(np.random.default_rng(4).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(WhaleError, match="noise.wav.*corrupt"):
+        read_audio(path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.wav"
+    sf.write(path, np.zeros(0, dtype=np.float32), SAMPLE_RATE)
+    with pytest.raises(WhaleError, match="empty.wav.*empty"):
+        read_audio(path)
+
+
+@pytest.mark.parametrize(("ext", "fmt"), [("wav", "WAV"), ("aiff", "AIFF")])
+def test_truncated_file(tmp_path: Path, ext: str, fmt: str) -> None:
+    path = tmp_path / f"cut.{ext}"
+    sf.write(path, sine(100, SAMPLE_RATE, 4.0), SAMPLE_RATE, format=fmt, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WhaleError, match=f"cut.{ext}.*truncated"):
+        read_audio(path)
+    with pytest.raises(WhaleError, match="truncated"):
+        audio_info(path)
+
+
+def test_truncated_flac(tmp_path: Path) -> None:
+    path = tmp_path / "cut.flac"
+    noise = np.random.default_rng(5).uniform(-0.5, 0.5, 40000).astype(np.float32)
+    sf.write(path, noise, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WhaleError, match="cut.flac.*(truncated|corrupt)"):
+        read_audio(path)
+
+
+def test_nan_samples(tmp_path: Path) -> None:
+    x = sine(100, SAMPLE_RATE, 2.0)
+    x[1234] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, x, SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(WhaleError, match="nan.wav.*NaN.*1234"):
+        read_audio(path)
+
+
+def test_channel_out_of_range(tmp_path: Path) -> None:
+    path = valid_wav(tmp_path / "mono.wav")
+    with pytest.raises(WhaleError, match="mono.wav.*channel 1"):
+        read_audio(path, channel=1)
+    assert len(read_audio(path, channel=0)) == 8000
+
+
+def test_bad_rate_and_shape() -> None:
+    with pytest.raises(WhaleError):
+        StreamingResampler(0)
+    with pytest.raises(ValueError, match="1-D"):
+        StreamingResampler(44100).process(np.zeros((10, 2), dtype=np.float32))
