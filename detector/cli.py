@@ -1,0 +1,269 @@
+"""`whale-listen`: the daemon's command line.
+
+`whale-listen --replay FILE` or `whale-listen --device NAME` runs the listener;
+`whale-listen subscribe ENDPOINT` prints what a running listener publishes.
+Every failure a user can cause is one line on stderr and a non-zero exit, never a traceback,
+and whatever was detected before it is already in the event log.
+"""
+
+import json
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from detector import __version__
+from detector.errors import WhaleError
+from detector.settings import DEFAULT_ENDPOINT, Settings, load_config, parse_time
+
+EXIT_ERROR = 2
+
+
+def note(message: str) -> None:
+    click.echo(f"whale-listen: {message}", err=True)
+
+
+def fail(message: str) -> "None":
+    click.echo(f"whale-listen: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _start_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
+    """Defaults < config file < command line (only options the user actually typed)."""
+    base = load_config(config) if config else {}
+    given = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if (
+            source is click.core.ParameterSource.COMMANDLINE
+            and name in Settings.__dataclass_fields__
+        ):
+            given[name] = value
+    if "publish" in given:
+        given["publish"] = tuple(given["publish"])
+    if "start_time" in given:
+        given["start_time"] = _start_time(given["start_time"])
+    for key in ("model", "events_log", "replay", "clips"):
+        if key in given and given[key] is not None:
+            given[key] = Path(given[key])
+    return Settings().with_overrides(**base).with_overrides(**given)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--replay",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Replay an AIFF/WAV/FLAC recording (any sample rate) instead of a device.",
+)
+@click.option("--device", help="Sound card: index, name, or ALSA card such as hw:1.")
+@click.option("--list-devices", is_flag=True, help="List input devices and exit.")
+@click.option("--channel", type=click.IntRange(0), help="Input channel, from 0.  [default: 0]")
+@click.option(
+    "--realtime/--no-realtime",
+    default=None,
+    help="Pace a replay at 1x like a live device.  [default: as fast as possible]",
+)
+@click.option(
+    "--hop",
+    type=click.FloatRange(0, 2, min_open=True),
+    help="Seconds between 2-s windows.  [default: 0.5]",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    help="Event threshold on the up-call probability.  [default: the model card's]",
+)
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="ONNX model.  [default: the shipped model]",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="onnxruntime execution provider.  [default: auto]",
+)
+@click.option(
+    "--threads", type=click.IntRange(0), help="Model threads, 0 = all cores.  [default: 1]"
+)
+@click.option("--batch", type=click.IntRange(1), help="Windows per model call.  [default: 64]")
+@click.option("--station", help="Station name in events.  [default: host name]")
+@click.option("--start-time", help="UTC time of a replay's first sample (ISO-8601).")
+@click.option(
+    "--publish",
+    multiple=True,
+    help=f"ZeroMQ endpoint to bind; repeatable.  [default: {DEFAULT_ENDPOINT}]",
+)
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds between status messages.  [default: 10]",
+)
+@click.option(
+    "--events-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Durable JSON-lines log of every event.  [default: whale-listen-events.jsonl]",
+)
+@click.option(
+    "--wait-subscribers",
+    type=click.IntRange(0),
+    help="Replay: wait for this many subscribers before starting.  [default: 0]",
+)
+@click.option(
+    "--linger",
+    type=click.FloatRange(0),
+    help="Seconds to deliver the last events before exit.  [default: 2]",
+)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file; the command line overrides it.",
+)
+@click.version_option(__version__, prog_name="whale-listen")
+@click.pass_context
+def main(ctx: click.Context, list_devices: bool, config: Path | None, **_: object) -> None:
+    """Listen for North Atlantic right whale up-calls and publish them on ZeroMQ."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        if list_devices:
+            from detector.device import format_device_list
+
+            click.echo(format_device_list())
+            return
+        settings = gather_settings(ctx, config)
+        sys.exit(run(settings))
+    except WhaleError as e:
+        fail(str(e))
+
+
+def run(settings: Settings) -> int:
+    """Open everything (failing early, before any audio), then listen until done or stopped."""
+    from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
+    from detector.events import parse_start_time
+    from detector.model import load_model
+    from detector.pipeline import Listener
+    from detector.publish import EventLog, Publisher
+    from detector.ring import RingBuffer
+
+    if (settings.replay is None) == (settings.device is None):
+        raise WhaleError("give exactly one of --replay FILE or --device NAME (see --help)")
+    model = load_model(settings.model, settings.provider, settings.threads)
+    threshold = settings.threshold if settings.threshold is not None else model.threshold
+    if threshold is None:
+        raise WhaleError(f"model {model.path} has no card threshold: give --threshold")
+    hop = int(round(settings.hop * SAMPLE_RATE))
+
+    if settings.replay is not None:
+        from detector.replay import ReplaySource
+
+        source = ReplaySource(
+            settings.replay, RingBuffer(8 * 16384), settings.channel, settings.realtime
+        )
+        if source.info.duration_s * SAMPLE_RATE < WINDOW_SAMPLES:
+            note(
+                f"{settings.replay} is {source.info.duration_s:.2f} s long, shorter than one "
+                f"2-s window: nothing to score"
+            )
+            return 0
+        stream_start = settings.start_time or parse_start_time(settings.replay.name)
+        if stream_start is None:
+            stream_start = datetime.now(UTC)
+            note("no start time in the file name and no --start-time: times count from now")
+        info = source.info
+        what = f"replay {settings.replay} ({info.duration_s:.1f} s at {info.samplerate} Hz)"
+    else:
+        from detector.device import DeviceSource, choose_samplerate, resolve_device
+
+        index = resolve_device(settings.device)
+        # 60 s of room at the card's rate: a slow model call never drops audio
+        ring = RingBuffer(60 * choose_samplerate(index, SAMPLE_RATE, settings.channel + 1))
+        source = DeviceSource(index, ring, settings.channel)
+        stream_start = None
+        what = f"device {source.name!r} at {source.samplerate} Hz"
+
+    log = EventLog(settings.events_log)
+    publisher = Publisher(list(settings.publish))
+    listener = Listener(
+        model,
+        threshold,
+        hop,
+        log,
+        publisher,
+        settings.station,
+        batch=settings.batch,
+        heartbeat_s=settings.heartbeat,
+    )
+    note(
+        f"model {model.name} ({model.sha256[:12]}) on {model.provider}, threshold {threshold}; "
+        f"{what}; publishing on {', '.join(publisher.endpoints)}; log {settings.events_log}"
+    )
+
+    def on_signal(signum: int, frame: object) -> None:
+        listener.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    error: BaseException | None = None
+    counters = listener.counters
+    try:
+        if settings.wait_subscribers:
+            got = publisher.wait_subscribers(settings.wait_subscribers, timeout=None)
+            note(f"{got} subscriber(s) connected")
+        if stream_start is None:
+            stream_start = datetime.now(UTC)  # live: the clock at the first sample, then counted
+        source.start()
+        listener.run(source, stream_start)
+        error = source.error
+    finally:
+        source.stop()
+        publisher.close(linger_ms=int(settings.linger * 1000))
+        log.close()
+    audio_s = counters.samples_in / SAMPLE_RATE
+    speed = f"{audio_s / counters.processing_s:.0f}x real time" if counters.processing_s else "-"
+    note(
+        f"done: {audio_s:.1f} s of audio, {speed}, {counters.events} event(s), "
+        f"{source.ring.dropped} dropped sample(s)"
+    )
+    if error is not None:
+        message = (
+            str(error) if isinstance(error, WhaleError) else f"{type(error).__name__}: {error}"
+        )
+        raise WhaleError(message)
+    return 0
+
+
+@main.command("subscribe")
+@click.argument("endpoint")
+@click.option(
+    "--topic", "topics", multiple=True, help="upcall or status; repeatable.  [default: all]"
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Exit after this many seconds without a message.",
+)
+def subscribe_cmd(endpoint: str, topics: tuple[str, ...], timeout: float | None) -> None:
+    """Print what a whale-listen publisher sends, one JSON object per line."""
+    from detector.publish import subscribe
+
+    try:
+        for _topic, obj in subscribe(endpoint, list(topics) or None, timeout):
+            click.echo(json.dumps(obj))  # "type" says upcall or status
+            sys.stdout.flush()
+    except WhaleError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        pass

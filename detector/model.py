@@ -1,0 +1,127 @@
+"""Load the ONNX up-call model and its card, pick an execution provider, score batches of windows.
+
+The contract (written by train/export.py): input `samples` float32 [batch, 4000] in [-1, 1] at
+2 kHz, output `probability` float32 [batch]. The card (`model.json` beside the model) carries the
+suggested threshold and everything needed to know what the model is.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from detector.errors import WhaleError
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = MODELS_DIR / "upcall.onnx"
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def card_path(model_path: Path) -> Path:
+    """The card lives beside the model: upcall.onnx -> upcall.json."""
+    return model_path.with_suffix(".json")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_card(model_path: Path) -> dict:
+    """The model card, or an empty one when absent (a bare ONNX file works, without defaults)."""
+    path = card_path(model_path)
+    if not path.exists():
+        return {}
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise WhaleError(f"corrupt model card {path}: {e}") from None
+    if not isinstance(card, dict):
+        raise WhaleError(f"corrupt model card {path}: not a JSON object")
+    return card
+
+
+def choose_providers(provider: str, available: list[str]) -> list[str]:
+    """auto: CUDA when onnxruntime offers it, else CPU. An explicit choice must be available."""
+    if provider == "auto":
+        wanted = [PROVIDERS["cuda"]] if PROVIDERS["cuda"] in available else []
+        return wanted + [PROVIDERS["cpu"]]
+    if provider not in PROVIDERS:
+        raise WhaleError(f"unknown provider {provider!r}; choose auto, cpu or cuda")
+    if PROVIDERS[provider] not in available:
+        raise WhaleError(
+            f"provider {provider!r} is not available in this onnxruntime "
+            f"(has: {', '.join(available)}); install the gpu extra for CUDA"
+        )
+    return [PROVIDERS[provider]] + ([PROVIDERS["cpu"]] if provider != "cpu" else [])
+
+
+@dataclass
+class Model:
+    """An ONNX session plus what the daemon reports about it."""
+
+    path: Path
+    card: dict
+    sha256: str
+    provider: str
+    session: object = field(repr=False)
+    input_name: str = "samples"
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", self.path.stem))
+
+    @property
+    def threshold(self) -> float | None:
+        value = self.card.get("threshold")
+        return float(value) if value is not None else None
+
+    @property
+    def identity(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256}
+
+    def score(self, windows: np.ndarray) -> np.ndarray:
+        """[batch, 4000] float32 -> probabilities [batch]."""
+        if len(windows) == 0:
+            return np.zeros(0, dtype=np.float32)
+        batch = np.ascontiguousarray(windows, dtype=np.float32)
+        return self.session.run(None, {self.input_name: batch})[0].reshape(-1)
+
+
+def load_model(path: Path | str | None = None, provider: str = "auto", threads: int = 0) -> Model:
+    """Open the model with onnxruntime; every failure is a one-line WhaleError naming the file."""
+    import onnxruntime as ort
+
+    path = Path(path) if path else DEFAULT_MODEL
+    if not path.is_file():
+        raise WhaleError(f"model not found: {path}")
+    card = load_card(path)
+    if card.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
+        raise WhaleError(f"model {path} expects {card['sample_rate']} Hz, not {SAMPLE_RATE} Hz")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    providers = choose_providers(provider, ort.get_available_providers())
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises several private exception types
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WhaleError(f"cannot load model {path}: {first_line}") from None
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].shape[-1] != WINDOW_SAMPLES:
+        raise WhaleError(f"model {path} does not take [batch, {WINDOW_SAMPLES}] samples")
+    return Model(
+        path=path,
+        card=card,
+        sha256=sha256_file(path),
+        provider=session.get_providers()[0],
+        session=session,
+        input_name=inputs[0].name,
+    )

@@ -1,0 +1,260 @@
+"""`whale-train`: load data, train, evaluate on held-out recordings, export model.onnx + card."""
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from detector.errors import WhaleError
+from detector.model import sha256_file
+
+
+def fail(message: str) -> None:
+    click.echo(f"whale-train: error: {message}", err=True)
+    sys.exit(2)
+
+
+class Datasets:
+    """Everything --data named, split into training and held-out parts by recording."""
+
+    def __init__(self, paths: list[Path], holdout: set[str], channel: int) -> None:
+        from train import data
+
+        self.train_recs, self.clips, self.eval_ann, self.eval_bg = [], [], [], []
+        self.files: list[Path] = []
+        for path in paths:
+            layout = data.detect_layout(path)
+            if layout == "kaggle":
+                self.clips += data.load_kaggle_csv(path, channel=channel)
+            elif layout == "folders":
+                self.clips += data.load_folders(path, channel=channel)
+            else:
+                if layout == "annotations":
+                    recs = data.load_recordings(path, channel=channel)
+                    self.files.append(path)
+                else:
+                    recs = data.load_background(path, channel=channel)
+                for rec in recs:
+                    if rec.path.name in holdout:
+                        (self.eval_ann if layout == "annotations" else self.eval_bg).append(rec)
+                    else:
+                        self.train_recs.append(rec)
+        self.files += [r.path for r in self.train_recs]
+        missing = holdout - {r.path.name for r in self.eval_ann + self.eval_bg}
+        if missing:
+            raise WhaleError(f"--holdout names no loaded recording: {', '.join(sorted(missing))}")
+
+    def describe(self) -> str:
+        calls = sum(len(r.calls) for r in self.train_recs)
+        return (
+            f"training: {len(self.train_recs)} recordings ({calls} calls), "
+            f"{len(self.clips)} clips; "
+            f"held out: {len(self.eval_ann)} annotated, {len(self.eval_bg)} background"
+        )
+
+
+@click.group()
+def main() -> None:
+    """Train and evaluate the whale-listen up-call model."""
+
+
+@main.command("train")
+@click.option(
+    "--data",
+    "data_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Annotation CSV/Raven table, kaggle folder, right_whale/no_right_whale folder, "
+    "or folder of call-free recordings. Repeatable.",
+)
+@click.option("--holdout", multiple=True, help="Recording file name to hold out for evaluation.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/latest"), show_default=True
+)
+@click.option("--steps", type=click.IntRange(1), default=2400, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=96, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True
+)
+@click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Fix the card's threshold (e.g. the one chosen on a held-out run).",
+)
+@click.option(
+    "--metrics-from",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Copy held-out metrics from this model card into the new card.",
+)
+@click.option("--name", default="upcall", show_default=True)
+def train_cmd(
+    data_paths,
+    holdout,
+    out,
+    steps,
+    batch_size,
+    seed,
+    device,
+    channel,
+    threshold,
+    metrics_from,
+    name,
+) -> None:
+    """Train the CNN, export OUT/NAME.onnx + card, evaluate on held-out recordings."""
+    try:
+        import torch
+
+        from train.export import export_onnx, write_card
+        from train.sampler import WindowSampler
+        from train.train import TrainConfig, train
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        sets = Datasets(list(data_paths), set(holdout), channel)
+        click.echo(sets.describe())
+        np.random.seed(seed)
+        sampler = WindowSampler(sets.train_recs, sets.clips, seed=seed)
+        cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device=device)
+        model = train(sampler, cfg, log=click.echo).cpu()
+        model_path = out / f"{name}.onnx"
+        export_onnx(model, model_path)
+        fields: dict = {
+            "command": "whale-train " + shlex.join(sys.argv[1:]),
+            "seed": seed,
+            "steps": steps,
+            "training_data": [{"file": p.name, "sha256": sha256_file(p)} for p in sets.files],
+            "held_out": [r.path.name for r in sets.eval_ann + sets.eval_bg],
+        }
+        if metrics_from:
+            old = json.loads(metrics_from.read_text())
+            fields["metrics"] = old.get("metrics")
+            fields["threshold_chosen_on"] = old.get("held_out")
+        if sets.eval_ann or sets.eval_bg:
+            fields["metrics"] = evaluate_and_report(model_path, sets, out)
+            fields["threshold_chosen_on"] = fields["held_out"]
+        chosen = (fields.get("metrics") or {}).get("chosen", {}).get("threshold", 0.5)
+        fields["threshold"] = threshold if threshold is not None else chosen
+        card = write_card(model_path, model, name=name, **fields)
+        click.echo(f"wrote {model_path} and its card (threshold {card['threshold']})")
+    except WhaleError as e:
+        fail(str(e))
+
+
+def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
+    """CNN (through onnxruntime, as deployed) and the classical baseline on the held-out split."""
+    from detector.model import load_model
+    from train.baseline import TemplateBaseline
+    from train.evaluate import choose_threshold, evaluate, format_table
+    from train.report import mistakes, plot_gallery, plot_pr
+
+    cnn = evaluate(load_model(model_path, provider="cpu").score, sets.eval_ann, sets.eval_bg)
+    base = evaluate(TemplateBaseline().score, sets.eval_ann, sets.eval_bg, thresholds=None)
+    chosen, base_chosen = choose_threshold(cnn["table"]), choose_threshold(base["table"])
+    plot_pr({"CNN": cnn["table"], "template baseline": base["table"]}, out / "pr.png")
+    false_alarms, misses = mistakes(cnn["scored"], chosen["threshold"])
+    plot_gallery(
+        false_alarms,
+        f"Worst false alarms at {chosen['threshold']}",
+        out / "gallery_false_alarms.png",
+    )
+    plot_gallery(misses, f"Misses at {chosen['threshold']}", out / "gallery_misses.png")
+    report = [
+        f"# Held-out evaluation of {model_path.name}",
+        "",
+        f"Held out: {', '.join(r.path.name for r in sets.eval_ann + sets.eval_bg)} "
+        f"({cnn['hours_annotated']} h annotated, {cnn['hours_background']} h background).",
+        "",
+        f"## CNN: clip AUC {cnn['clip_auc']}; chosen threshold {chosen['threshold']}",
+        "",
+        format_table(cnn["table"]),
+        "",
+        f"## Template-correlation baseline: clip AUC {base['clip_auc']}; "
+        f"best threshold {base_chosen['threshold']}",
+        "",
+        format_table(base["table"]),
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(report))
+    click.echo("\n".join(report))
+    strip = {k: v for k, v in cnn.items() if k != "scored"}
+    return {
+        "held_out": [r.path.name for r in sets.eval_ann + sets.eval_bg],
+        "cnn": strip,
+        "chosen": chosen,
+        "baseline": {
+            "clip_auc": base["clip_auc"],
+            "chosen": base_chosen,
+            "table": base["table"],
+        },
+    }
+
+
+@main.command("evaluate")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="ONNX model (default: the shipped one).",
+)
+@click.option(
+    "--data",
+    "data_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Annotation file(s) and/or folders of call-free recordings to evaluate on.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/eval"), show_default=True
+)
+@click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
+def evaluate_cmd(model_path, data_paths, out, channel) -> None:
+    """Evaluate a model and the baseline on recordings (all of them held out)."""
+    try:
+        from train import data
+
+        names: set[str] = set()
+        for p in data_paths:
+            layout = data.detect_layout(p)
+            if layout == "annotations":
+                names |= {r.path.name for r in data.load_recordings(p, channel=channel)}
+            elif layout == "background":
+                names |= {r.path.name for r in data.load_background(p, channel=channel)}
+        sets = Datasets(list(data_paths), names, channel)
+        out.mkdir(parents=True, exist_ok=True)
+        from detector.model import DEFAULT_MODEL
+
+        evaluate_and_report(model_path or DEFAULT_MODEL, sets, out)
+    except WhaleError as e:
+        fail(str(e))
+
+
+@main.command("demo")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--seconds", type=click.FloatRange(10), default=120.0, show_default=True)
+@click.option("--calls", type=click.IntRange(0), default=6, show_default=True)
+@click.option("--lookalikes", type=click.IntRange(0), default=4, show_default=True)
+@click.option("--seed", type=int, default=2026, show_default=True)
+def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
+    """Write a synthetic recording (FLAC/WAV/AIFF by extension) with planted up-calls, and a
+    CSV of where they are beside it."""
+    import soundfile as sf
+
+    from train.synth import synthetic_recording
+
+    rng = np.random.default_rng(seed)
+    audio, planted = synthetic_recording(rng, seconds, calls, n_lookalikes=lookalikes)
+    sf.write(path, audio, 2000, subtype="PCM_16")
+    rows = ["filename,start,end,label"] + [
+        f"{path.name},{s:.3f},{e:.3f},upcall" for s, e in planted
+    ]
+    path.with_suffix(".csv").write_text("\n".join(rows) + "\n")
+    click.echo(f"wrote {path} ({seconds:.0f} s, {len(planted)} up-calls) and its annotations")

@@ -1,0 +1,110 @@
+"""The small up-call CNN and the exported model (front end + CNN + sigmoid).
+
+An up-call is a shape (a rising curve) at a place (50-250 Hz). The convolutions find the shape;
+pooling over time makes the answer independent of where in the window the call sits, while the
+coarse frequency position survives into the classifier, so a sweep in the right band counts and
+the Gulf's low tonals and moans do not.
+"""
+
+import torch
+from torch import nn
+
+from train.frontend import FrontEnd, FrontEndConfig
+
+CHANNELS = (8, 16, 32, 32)
+
+
+def conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class UpcallNet(nn.Module):
+    """Feature image [B, 1, n_mels, frames] -> logit [B]."""
+
+    def __init__(self, n_mels: int, channels: tuple[int, ...] = CHANNELS, dropout: float = 0.3):
+        super().__init__()
+        blocks, c_in = [], 1
+        for i, c_out in enumerate(channels):
+            blocks.append(conv_block(c_in, c_out, pool=i < len(channels) - 1))
+            c_in = c_out
+        self.features = nn.Sequential(*blocks)
+        n_freq = n_mels // 2 ** (len(channels) - 1)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(c_in * n_freq, 32),
+            nn.ReLU(inplace=True),
+            nn.Linear(32, 1),
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        fmap = self.features(image)  # [B, C, F', T']
+        pooled = fmap.amax(dim=3)  # over time only: keep coarse frequency position
+        return self.head(pooled).squeeze(1)
+
+
+class UpcallDetector(nn.Module):
+    """Raw samples [B, 4000] -> logit [B]; the training-time model."""
+
+    def __init__(self, cfg: FrontEndConfig | None = None, channels: tuple[int, ...] = CHANNELS):
+        super().__init__()
+        self.frontend = FrontEnd(cfg)
+        self.net = UpcallNet(self.frontend.cfg.n_mels, channels)
+
+    def forward(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.net(self.frontend(samples))
+
+
+class ProbabilityModel(nn.Module):
+    """The exported contract: raw float32 samples [batch, 4000] -> up-call probability [batch]."""
+
+    def __init__(self, detector: UpcallDetector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, samples: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.detector(samples))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_window(model: UpcallDetector) -> int:
+    """2 x multiply-adds of the DFT, mel product, convolutions and linear layers per window."""
+    flops = 0
+
+    def conv_hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal flops
+        kernel = mod.weight[0].numel()  # c_in * kh * kw
+        flops += 2 * kernel * out.numel()
+
+    def linear_hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal flops
+        flops += 2 * mod.in_features * out.numel()
+
+    hooks = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    fe = model.frontend
+    cfg = fe.cfg
+    frames = cfg.n_frames
+    flops += 2 * fe.dft.shape[0] * cfg.n_fft * frames  # DFT convolution
+    flops += 2 * cfg.n_mels * fe.n_bins * frames  # mel product
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, cfg.window_samples))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return flops

@@ -1,0 +1,132 @@
+"""The training loop: balanced augmented batches, BCE on logits, AdamW with a cosine schedule,
+and hard-negative mining over every call-free window of the training recordings.
+
+Deterministic for a given --seed on the CPU (torch and numpy seeded, one sampler RNG).
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from detector.constants import WINDOW_SAMPLES
+from train.frontend import FrontEndConfig
+from train.net import UpcallDetector
+from train.sampler import WindowSampler, negative_starts
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2400
+    batch_size: int = 96
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    warmup: int = 100
+    mine_every: int = 400  # steps between hard-negative mining passes (0: never)
+    mine_keep: int = 1500  # hardest call-free windows kept for sampling
+    spec_mask: float = 0.5  # probability of one time and one frequency mask per example
+    seed: int = 0
+    device: str = "cpu"
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def spec_augment(image: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Blank one random band and one random stretch of frames in a share of the examples."""
+    b, _, n_freq, n_time = image.shape
+    image = image.clone()
+    for i in range(b):
+        if torch.rand(1, generator=gen).item() < prob:
+            f = int(torch.randint(1, 5, (1,), generator=gen))
+            f0 = int(torch.randint(0, n_freq - f, (1,), generator=gen))
+            image[i, :, f0 : f0 + f, :] = 0
+            t = int(torch.randint(1, 12, (1,), generator=gen))
+            t0 = int(torch.randint(0, n_time - t, (1,), generator=gen))
+            image[i, :, :, t0 : t0 + t] = 0
+    return image
+
+
+@torch.no_grad()
+def score_windows(
+    model: UpcallDetector, windows: np.ndarray, device: str, batch: int = 512
+) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(windows), batch):
+        x = torch.from_numpy(np.ascontiguousarray(windows[i : i + batch], dtype=np.float32))
+        out.append(torch.sigmoid(model(x.to(device))).cpu().numpy())
+    model.train()
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def mine_hard_negatives(
+    model: UpcallDetector, sampler: WindowSampler, keep: int, device: str
+) -> tuple[list[tuple[int, int]], float]:
+    """Score every call-free window (0.25-s hop); keep the highest scoring ones."""
+    candidates: list[tuple[int, int]] = []
+    scores: list[np.ndarray] = []
+    for i, rec in enumerate(sampler.recordings):
+        starts = negative_starts(rec, 500)
+        if len(starts) == 0:
+            continue
+        view = np.lib.stride_tricks.sliding_window_view(rec.audio, WINDOW_SAMPLES)
+        scores.append(score_windows(model, view[starts], device))
+        candidates += [(i, int(s)) for s in starts]
+    if not candidates:
+        return [], 0.0
+    all_scores = np.concatenate(scores)
+    order = np.argsort(all_scores)[::-1][:keep]
+    return [candidates[j] for j in order], float(np.mean(all_scores > 0.5))
+
+
+def train(
+    sampler: WindowSampler,
+    cfg: TrainConfig,
+    frontend: FrontEndConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> UpcallDetector:
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    model = UpcallDetector(frontend).to(device)
+    optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    t0, running = time.time(), None
+    for step in range(cfg.steps):
+        if cfg.mine_every and step > 0 and step % cfg.mine_every == 0:
+            sampler.hard, fa_share = mine_hard_negatives(model, sampler, cfg.mine_keep, device)
+            log(f"step {step}: mined {len(sampler.hard)} hard negatives ({fa_share:.4f} > 0.5)")
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        x, y = sampler.batch(cfg.batch_size)
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        with torch.no_grad():
+            image = model.frontend(x)
+        image = spec_augment(image, cfg.spec_mask, gen)
+        loss = loss_fn(model.net(image), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log(
+                f"step {step:5d}  loss {running:.4f}  lr {learning_rate(step, cfg):.5f}  "
+                f"{time.time() - t0:.0f}s"
+            )
+    model.eval()
+    return model
