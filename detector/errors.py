@@ -1,5 +1,5 @@
-"""One exception type for problems a user can fix; the CLI prints it as one line and exits non-zero."""
+"""One exception type for problems a user can fix: the CLI prints it as one line, exit non-zero."""
 
 
 class WhaleError(Exception):
-    """Bad input, file, device, model or config value: the message is the whole story, no traceback."""
+    """Bad input, file, device, model or config value: the message is the whole story."""
