@@ -51,8 +51,10 @@ class FrontEnd(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or FrontEndConfig()
         mel = mel_filters(cfg)
-        if (mel.sum(axis=1) == 0).any():
-            raise ValueError(f"empty mel filters with {cfg}")
+        bins_per_filter = (mel > 0).sum(axis=1)
+        if bins_per_filter.min() < 2:
+            # a band narrower than the FFT's resolution is empty or a copy of one bin
+            raise ValueError(f"empty or one-bin mel filters with {cfg}")
         used = np.nonzero(mel.sum(axis=0))[0]
         lo, hi = int(used.min()), int(used.max()) + 1
         n = np.arange(cfg.n_fft)

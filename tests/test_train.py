@@ -1,0 +1,142 @@
+"""The model contract: front end = librosa, ONNX = torch, training learns, export is valid."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training tests need the train extra (torch)")
+librosa = pytest.importorskip("librosa", reason="training tests need the train extra (librosa)")
+
+from detector.constants import WINDOW_SAMPLES  # noqa: E402
+from detector.model import load_model  # noqa: E402
+from train import synth  # noqa: E402
+from train.data import Recording  # noqa: E402
+from train.export import export_onnx, write_card  # noqa: E402
+from train.frontend import FrontEnd, FrontEndConfig  # noqa: E402
+from train.net import UpcallDetector, count_parameters, flops_per_window  # noqa: E402
+from train.sampler import WindowSampler  # noqa: E402
+from train.train import TrainConfig, train  # noqa: E402
+
+
+def synthetic_windows(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = 0.05 * synth.noise(rng, WINDOW_SAMPLES)
+        call = synth.upcall(rng)
+        at = rng.integers(0, WINDOW_SAMPLES - len(call))
+        x[at : at + len(call)] += 0.2 * call
+        out.append(x)
+    return np.stack(out).astype(np.float32)
+
+
+def test_front_end_mel_power_matches_librosa():
+    cfg = FrontEndConfig()
+    fe = FrontEnd(cfg)
+    x = synthetic_windows(2)
+    ours = fe.mel_power(torch.from_numpy(x)).numpy()
+    for i in range(len(x)):
+        ref = librosa.feature.melspectrogram(
+            y=x[i],
+            sr=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            center=False,
+            power=2.0,
+            n_mels=cfg.n_mels,
+            fmin=cfg.f_min,
+            fmax=cfg.f_max,
+        )
+        assert ours[i].shape == ref.shape
+        np.testing.assert_allclose(ours[i], ref, rtol=1e-3, atol=1e-6 * ref.max())
+
+
+def test_front_end_has_no_empty_mel_filters():
+    fe = FrontEnd()
+    assert ((fe.mel > 0).sum(dim=1) >= 2).all()
+
+
+def test_front_end_rejects_the_notebooks_filters():
+    """The notebook's 128 bands over 129 FFT bins: each band is one or two bins, some empty."""
+    with pytest.raises(ValueError, match="empty or one-bin mel filters"):
+        FrontEnd(FrontEndConfig(n_fft=256, n_mels=128, f_min=0, f_max=1000))
+
+
+def test_model_is_small():
+    model = UpcallDetector()
+    assert count_parameters(model) < 500_000
+    assert 0 < flops_per_window(model) < 50_000_000
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = UpcallDetector().eval()
+    path = tmp_path_factory.mktemp("model") / "upcall.onnx"
+    export_onnx(model, path)
+    write_card(path, model, threshold=0.5, metrics={"note": "untrained"})
+    return model, path
+
+
+def test_onnx_matches_torch(exported):
+    model, path = exported
+    onnx_model = load_model(path, provider="cpu")
+    rng = np.random.default_rng(1)
+    for x in (rng.uniform(-1, 1, (5, WINDOW_SAMPLES)).astype(np.float32), synthetic_windows(7)):
+        with torch.no_grad():
+            expected = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+        got = onnx_model.score(x)
+        assert got.shape == (len(x),)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_onnx_contract_and_card(exported):
+    _, path = exported
+    m = load_model(path, provider="cpu")
+    inp = m.session.get_inputs()[0]
+    assert inp.name == "samples" and inp.shape[1] == WINDOW_SAMPLES
+    assert isinstance(inp.shape[0], str)  # dynamic batch
+    assert m.score(np.zeros((1, WINDOW_SAMPLES), np.float32)).shape == (1,)
+    assert m.score(np.zeros((33, WINDOW_SAMPLES), np.float32)).shape == (33,)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["sample_rate"] == 2000 and card["window_samples"] == WINDOW_SAMPLES
+    assert card["frontend"]["n_fft"] == FrontEndConfig().n_fft
+    assert card["sha256"] == m.sha256 and m.threshold == 0.5
+    assert card["architecture"]["parameters"] < 500_000
+
+
+def test_a_few_steps_lower_the_loss_and_export(tmp_path):
+    rng = np.random.default_rng(3)
+    recs = []
+    for k in range(2):
+        audio, calls = synth.synthetic_recording(rng, 120, 8, n_lookalikes=3)
+        recs.append(Recording(tmp_path / f"r{k}.wav", audio, calls))
+    sampler = WindowSampler(recs, seed=0)
+    held_x, held_y = WindowSampler(recs, seed=99).batch(128)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def held_loss(model) -> float:
+        model.eval()
+        with torch.no_grad():
+            return loss_fn(model(torch.from_numpy(held_x)), torch.from_numpy(held_y)).item()
+
+    torch.manual_seed(0)
+    before = held_loss(UpcallDetector())
+    model = train(sampler, TrainConfig(steps=40, batch_size=32, mine_every=0), log=lambda s: None)
+    after = held_loss(model)
+    assert after < before - 0.1
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path)
+    assert load_model(path, provider="cpu").score(held_x[:4]).shape == (4,)
+
+
+def test_training_is_deterministic_with_seed(tmp_path):
+    rng = np.random.default_rng(5)
+    audio, calls = synth.synthetic_recording(rng, 60, 4)
+    recs = [Recording(tmp_path / "r.wav", audio, calls)]
+    cfg = TrainConfig(steps=5, batch_size=16, mine_every=0, seed=7)
+    a = train(WindowSampler(recs, seed=7), cfg, log=lambda s: None)
+    b = train(WindowSampler(recs, seed=7), cfg, log=lambda s: None)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
