@@ -1,0 +1,221 @@
+"""Review clips: each event's audio (FLAC) and spectrogram (PNG), so a person can check it.
+
+An event is known only after the quiet window that closes it, so the writer keeps the last
+seconds of 2 kHz audio in memory and cuts the clip from there. The spectrogram is drawn and
+PNG-encoded here with numpy and zlib (no matplotlib: the daemon stays small). Clips are a
+convenience: a full disk or a write error is counted and skipped, never raised, because the
+event itself (already logged and published) matters more.
+"""
+
+import logging
+import re
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from detector.constants import SAMPLE_RATE
+from detector.errors import WhaleError
+
+log = logging.getLogger(__name__)
+
+HISTORY_SECONDS = 30.0  # audio kept: covers the event, its margins and the closing delay
+MARGIN_SECONDS = 1.0  # audio saved before and after the event
+N_FFT = 256  # 128 ms frames: 7.8 Hz bins, fine enough for a 50-250 Hz up-call sweep
+HOP = 32  # 16 ms steps
+MAX_FREQ_HZ = 500.0  # up-calls sit well below; higher bins are mostly noise
+DYNAMIC_RANGE_DB = 60.0  # quieter than the loudest bin by more than this is drawn black
+ROW_REPEAT = 3  # pixels per frequency bin, so the 65-bin image is not a thin strip
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Dark to bright ramp (black, blue, magenta, orange, pale yellow) so faint energy stays visible.
+_RAMP = np.array(
+    [[0, 0, 4], [40, 11, 84], [136, 34, 106], [212, 72, 66], [250, 153, 8], [252, 255, 164]],
+    dtype=np.float64,
+)
+
+
+def spectrogram_db(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Log power (dB) of a Hann STFT up to MAX_FREQ_HZ: shape [frequency bins, frames]."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if len(x) < N_FFT:
+        x = np.pad(x, (0, N_FFT - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP] * np.hanning(N_FFT)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    n_bins = int(MAX_FREQ_HZ * N_FFT / sample_rate) + 1
+    return 10.0 * np.log10(power[:, :n_bins].T + 1e-12)
+
+
+def spectrogram_image(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """RGB uint8 image of the spectrogram, low frequencies at the bottom, time left to right."""
+    db = spectrogram_db(x, sample_rate)
+    top = float(db.max())
+    level = np.clip((db - (top - DYNAMIC_RANGE_DB)) / DYNAMIC_RANGE_DB, 0.0, 1.0)
+    stops = np.linspace(0.0, 1.0, len(_RAMP))
+    rgb = np.stack([np.interp(level, stops, _RAMP[:, c]) for c in range(3)], axis=-1)
+    rgb = np.repeat(rgb[::-1], ROW_REPEAT, axis=0)  # row 0 is the top of a PNG
+    return np.round(rgb).astype(np.uint8)
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of a uint8 image, [h, w] grayscale or [h, w, 3] RGB (8 bits, no filter)."""
+    image = np.ascontiguousarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
+        raise ValueError(f"need a non-empty uint8 [h, w] or [h, w, 3] image, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] != 3:
+        raise ValueError(f"need 3 colour channels, got {image.shape[2]}")
+    height, width = image.shape[:2]
+    colour_type = 0 if image.ndim == 2 else 2
+    rows = image.reshape(height, -1)
+    raw = np.hstack([np.zeros((height, 1), dtype=np.uint8), rows]).tobytes()  # filter 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(raw, 6))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write a uint8 grayscale [h, w] or RGB [h, w, 3] image as a PNG file."""
+    Path(path).write_bytes(png_bytes(image))
+
+
+class ClipWriter:
+    """Keeps recent 2 kHz audio and saves event clips from it; feed and save from one thread."""
+
+    def __init__(
+        self,
+        directory: Path,
+        min_free_mb: float = 100.0,
+        history_seconds: float = HISTORY_SECONDS,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WhaleError(
+                f"cannot create clips directory {self.directory}: {exc.strerror or exc}"
+            ) from exc
+        self.min_free_bytes = min_free_mb * 1024 * 1024
+        self.sample_rate = sample_rate
+        self._history = np.zeros(int(history_seconds * sample_rate), dtype=np.float32)
+        self.samples_fed = 0  # absolute index of the next sample
+        self.saved = 0
+        self.skipped_low_disk = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.disk_low = False  # as of the last save attempt
+
+    def feed(self, block: np.ndarray, start_sample: int | None = None) -> None:
+        """Append audio (mono, 2 kHz, in [-1, 1]); only the last history_seconds are kept.
+
+        `start_sample`, the stream index of the block's first sample, keeps clips aligned with
+        event samples across a gap (samples lost upstream are held as silence); without it the
+        block is taken to follow the previous one.
+        """
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        if start_sample is not None:
+            if start_sample > self.samples_fed:
+                gap = start_sample - self.samples_fed
+                self._append(np.zeros(min(gap, len(self._history)), dtype=np.float32))
+                self.samples_fed = start_sample
+            elif start_sample < self.samples_fed:
+                block = block[self.samples_fed - start_sample :]  # already held
+        self._append(block)
+        self.samples_fed += len(block)
+
+    def _append(self, block: np.ndarray) -> None:
+        size = len(self._history)
+        n = len(block)
+        if n >= size:
+            self._history[:] = block[len(block) - size :]
+        elif n > 0:
+            self._history[: size - n] = self._history[n:]
+            self._history[size - n :] = block
+
+    def audio(self, start_sample: int, end_sample: int) -> np.ndarray:
+        """Stream samples [start, end) still in the history (clipped to what is held)."""
+        first_held = max(0, self.samples_fed - len(self._history))
+        start = max(start_sample, first_held)
+        end = min(end_sample, self.samples_fed)
+        if end <= start:
+            return np.zeros(0, dtype=np.float32)
+        offset = len(self._history) - self.samples_fed
+        return self._history[start + offset : end + offset].copy()
+
+    def stats(self) -> dict:
+        """Counters for the daemon's status/heartbeat."""
+        return {
+            "saved": self.saved,
+            "skipped_low_disk": self.skipped_low_disk,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "disk_low": self.disk_low,
+        }
+
+    def _fail(self, message: str) -> None:
+        self.errors += 1
+        self.last_error = message
+        log.warning("clip not saved: %s", message)
+
+    def save(self, event: dict, start_sample: int, end_sample: int) -> Path | None:
+        """Write `<id>.flac` (event +- 1 s, PCM_16) and `<id>.png`; the FLAC path, or None."""
+        event_id = str(event.get("id", ""))
+        if not _SAFE_ID.fullmatch(event_id):
+            self._fail(f"event id {event_id!r} is not a safe file name")
+            return None
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError as exc:
+            self._fail(f"cannot check free space in {self.directory}: {exc.strerror or exc}")
+            return None
+        self.disk_low = free < self.min_free_bytes
+        if self.disk_low:
+            self.skipped_low_disk += 1
+            return None
+        margin = round(MARGIN_SECONDS * self.sample_rate)
+        audio = self.audio(start_sample - margin, end_sample + margin)
+        if len(audio) == 0:
+            self._fail(f"audio of event {event_id} is no longer in the {self._span()} history")
+            return None
+        flac = self.directory / f"{event_id}.flac"
+        png = flac.with_suffix(".png")
+        try:
+            _write_atomic(flac, lambda tmp: _write_flac(tmp, audio, self.sample_rate))
+        except (OSError, RuntimeError, ValueError) as exc:  # soundfile errors are RuntimeErrors
+            self._fail(f"cannot write {flac}: {exc}")
+            return None
+        self.saved += 1
+        try:
+            image = spectrogram_image(audio, self.sample_rate)
+            _write_atomic(png, lambda tmp: write_png(tmp, image))
+        except (OSError, ValueError) as exc:
+            self._fail(f"cannot write {png}: {exc}")  # the audio is the part that matters
+        return flac
+
+    def _span(self) -> str:
+        return f"{len(self._history) / self.sample_rate:g}-s"
+
+
+def _write_flac(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    sf.write(path, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="FLAC")
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary name so a reader never sees a half-written clip."""
+    tmp = path.with_name(path.name + ".part")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
