@@ -23,8 +23,9 @@ class Mix:
 
     synthetic_positive: float = 0.35
     remixed_positive: float = 0.25
-    lookalike_negative: float = 0.15
+    lookalike_negative: float = 0.2
     hard_negative: float = 0.3
+    remixed_negative: float = 0.15
     snr_db: tuple[float, float] = (-3.0, 15.0)
     stretch: float = 0.08  # frequency/time stretch, +-8 %
 
@@ -159,10 +160,17 @@ class WindowSampler:
             return self.remixed_positive()
         return self.real_positive()
 
+    def remixed_negative(self) -> np.ndarray:
+        """Two call-free windows summed: noise combinations the recordings never had."""
+        a, b = self.real_negative(), self.real_negative()
+        return a + self.rng.uniform(0.3, 1.0) * b * (np.std(a) + 1e-9) / (np.std(b) + 1e-9)
+
     def _negative(self) -> np.ndarray:
         r = self.rng.random()
         if r < self.mix.lookalike_negative:
             return self.lookalike_negative()
+        if r > 1 - self.mix.remixed_negative:
+            return self.remixed_negative()
         if self.hard and r < self.mix.lookalike_negative + self.mix.hard_negative:
             return self.hard_negative()
         return self.real_negative()

@@ -7,10 +7,10 @@ the published call description: a 0.5-1.5 s up-sweep from about 50-100 Hz to 150
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import windows
+from scipy.signal import butter, sosfilt, windows
 
 SR = 2000
-LOOKALIKE_KINDS = ("downsweep", "tone", "moan", "humpback")
+LOOKALIKE_KINDS = ("downsweep", "tone", "moan", "humpback", "pulses")
 
 
 def _tone(freq_hz: np.ndarray, sr: int, harmonics: tuple[float, ...] = ()) -> np.ndarray:
@@ -58,9 +58,26 @@ def lookalike(rng: np.random.Generator, sr: int = SR, kind: str | None = None) -
     elif kind == "humpback":
         n = int(rng.uniform(0.15, 0.3) * sr)
         freq = np.linspace(rng.uniform(280, 350), rng.uniform(550, 700), n)
+    elif kind == "pulses":
+        return _pulses(rng, sr)
     else:
         raise ValueError(f"unknown look-alike kind {kind!r}; choose from {LOOKALIKE_KINDS}")
     return _peak_one(_tone(freq, sr, (rng.uniform(0.1, 0.3),)) * _envelope(n, rng))
+
+
+def _pulses(rng: np.random.Generator, sr: int) -> np.ndarray:
+    """1-6 short band-limited bursts (knocks, gunshots, fish, pile driving): energy across the
+    up-call band without any sweep. Held-out real recordings are full of these."""
+    n = int(rng.uniform(0.3, 1.8) * sr)
+    out = np.zeros(n)
+    lo = rng.uniform(30, 150)
+    hi = min(lo + rng.uniform(80, 400), 0.45 * sr)
+    sos = butter(4, [lo, hi], btype="band", fs=sr, output="sos")
+    for at in rng.integers(0, n - sr // 20, size=rng.integers(1, 7)):
+        length = int(rng.uniform(0.01, 0.08) * sr)
+        burst = rng.standard_normal(length) * windows.hann(length)
+        out[at : at + length] += burst[: n - at] * rng.uniform(0.3, 1.0)
+    return _peak_one(sosfilt(sos, out) + 1e-9)
 
 
 def _coloured(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
