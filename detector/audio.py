@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy import signal
 
 from detector.constants import SAMPLE_RATE
 from detector.errors import WhaleError
@@ -32,6 +31,8 @@ _UNFINISHED_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # streaming writers that never 
 
 def _design_filter(up: int, down: int) -> np.ndarray:
     """Kaiser low-pass at the up-sampled rate, odd length (integer delay), DC gain `up`."""
+    from scipy import signal  # 1-3 s to import: only a file or card not at 2 kHz pays it
+
     nyquist_low = 0.5 / max(up, down)  # lower Nyquist, in cycles per up-sampled sample
     width = TRANSITION_FRACTION * nyquist_low
     numtaps, beta = signal.kaiserord(STOPBAND_DB, width / 0.5)
