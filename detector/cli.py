@@ -36,7 +36,24 @@ def _start_time(value: str | None) -> datetime | None:
     try:
         return parse_time(value)
     except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+        raise WhaleError(f"--start-time: {e}") from None
+
+
+class OneLineErrors(click.Group):
+    """Click's usage errors (a bad option value, an unknown option) in the daemon's one-line form,
+    so every mistake reads the same in a journal: `whale-listen: error: ...`, exit 2."""
+
+    def main(self, *args: object, **kwargs: object) -> object:
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)  # the caller handles click's exceptions
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.ClickException as e:
+            fail(e.format_message())
+        except click.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
@@ -57,10 +74,17 @@ def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
     for key in ("model", "events_log", "replay", "clips"):
         if key in given and given[key] is not None:
             given[key] = Path(given[key])
+    if "replay" in given or "device" in given:
+        # one source: `--replay` on the command line replaces a configured device, and vice versa
+        base = {k: v for k, v in base.items() if k not in ("replay", "device")}
     return Settings().with_overrides(**base).with_overrides(**given)
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=OneLineErrors,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--replay",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -146,6 +170,8 @@ def main(ctx: click.Context, list_devices: bool, config: Path | None, **_: objec
         sys.exit(run(settings))
     except WhaleError as e:
         fail(str(e))
+    except KeyboardInterrupt:  # Ctrl-C before the listener's own handler is installed
+        sys.exit(130)
 
 
 def run(settings: Settings) -> int:
@@ -153,18 +179,21 @@ def run(settings: Settings) -> int:
     from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
     from detector.events import parse_start_time
     from detector.model import load_model
-    from detector.pipeline import Listener
+    from detector.pipeline import READ_TIMEOUT_S, Listener
     from detector.publish import EventLog, Publisher
     from detector.ring import RingBuffer
 
     if (settings.replay is None) == (settings.device is None):
         raise WhaleError("give exactly one of --replay FILE or --device NAME (see --help)")
+    hop = int(round(settings.hop * SAMPLE_RATE))
+    if hop < 1:
+        raise WhaleError(f"hop {settings.hop} s is under one sample at {SAMPLE_RATE} Hz")
     model = load_model(settings.model, settings.provider, settings.threads)
     threshold = settings.threshold if settings.threshold is not None else model.threshold
     if threshold is None:
         raise WhaleError(f"model {model.path} has no card threshold: give --threshold")
-    hop = int(round(settings.hop * SAMPLE_RATE))
 
+    notes = []  # said once everything is open, so a start-up failure is the only line
     if settings.replay is not None:
         from detector.replay import ReplaySource
 
@@ -180,7 +209,7 @@ def run(settings: Settings) -> int:
         stream_start = settings.start_time or parse_start_time(settings.replay.name)
         if stream_start is None:
             stream_start = datetime.now(UTC)
-            note("no start time in the file name and no --start-time: times count from now")
+            notes.append("no start time in the file name and no --start-time: times count from now")
         info = source.info
         what = f"replay {settings.replay} ({info.duration_s:.1f} s at {info.samplerate} Hz)"
     else:
@@ -194,7 +223,11 @@ def run(settings: Settings) -> int:
         what = f"device {source.name!r} at {source.samplerate} Hz"
 
     log = EventLog(settings.events_log)
-    publisher = Publisher(list(settings.publish))
+    try:
+        publisher = Publisher(list(settings.publish))
+    except WhaleError:
+        log.close()
+        raise
     listener = Listener(
         model,
         threshold,
@@ -205,31 +238,40 @@ def run(settings: Settings) -> int:
         batch=settings.batch,
         heartbeat_s=settings.heartbeat,
     )
+
+    def on_signal(signum: int, frame: object) -> None:
+        listener.stop()
+
+    # before the start-up note, so a supervisor that reacts to it can already stop us cleanly
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for text in notes:
+        note(text)
     note(
         f"model {model.name} ({model.sha256[:12]}) on {model.provider}, threshold {threshold}; "
         f"{what}; publishing on {', '.join(publisher.endpoints)}; log {settings.events_log}"
     )
 
-    def on_signal(signum: int, frame: object) -> None:
-        listener.stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     error: BaseException | None = None
     counters = listener.counters
     try:
         if settings.wait_subscribers:
-            got = publisher.wait_subscribers(settings.wait_subscribers, timeout=None)
+            got = 0
+            while got < settings.wait_subscribers and not listener.stopped:
+                # in slices, so SIGTERM/SIGINT end the wait too
+                got = publisher.wait_subscribers(settings.wait_subscribers, timeout=READ_TIMEOUT_S)
             note(f"{got} subscriber(s) connected")
         if stream_start is None:
             stream_start = datetime.now(UTC)  # live: the clock at the first sample, then counted
-        source.start()
-        listener.run(source, stream_start)
-        error = source.error
+        if not listener.stopped:
+            source.start()
+            listener.run(source, stream_start)
+            error = source.error
     finally:
         source.stop()
         publisher.close(linger_ms=int(settings.linger * 1000))
         log.close()
+        for sig, handler in previous.items():  # run() may be embedded: leave signals as found
+            signal.signal(sig, handler)
     audio_s = counters.samples_in / SAMPLE_RATE
     speed = f"{audio_s / counters.processing_s:.0f}x real time" if counters.processing_s else "-"
     note(

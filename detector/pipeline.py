@@ -73,6 +73,11 @@ class Listener:
         """Safe from a signal handler: the loop notices within READ_TIMEOUT_S."""
         self._stop.set()
 
+    @property
+    def stopped(self) -> bool:
+        """A stop was requested (maybe before the loop even started)."""
+        return self._stop.is_set()
+
     # -- delivery -------------------------------------------------------------------------------
     def _deliver(self, raws: list[RawEvent], source: object, stream_start: datetime) -> None:
         for raw in raws:
