@@ -1,0 +1,185 @@
+"""Settings: defaults < TOML config < command line; every bad key or value names itself."""
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from detector import cli
+from detector.errors import WhaleError
+from detector.settings import CHECKS, DEFAULT_ENDPOINT, KEYS, Settings, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "deploy" / "config.example.toml"
+NOT_SETTINGS = {"list_devices", "config", "version", "help"}  # options that are not settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def settings_from(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The Settings the command line builds, captured instead of run."""
+    captured: list[Settings] = []
+    monkeypatch.setattr(cli, "run", lambda s: captured.append(s) or 0)
+    result = CliRunner().invoke(cli.main, [str(a) for a in args])
+    assert result.exit_code == 0, result.stderr
+    (settings,) = captured
+    return settings
+
+
+def test_config_values_apply(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        device = 3
+        channel = 1
+        realtime = true
+        hop = 0.25
+        threshold = 0.8
+        model = "/opt/models/upcall.onnx"
+        provider = "cpu"
+        threads = 2
+        batch = 16
+        station = "cape-cod-1"
+        start_time = 2009-03-28T00:15:00Z
+        publish = ["tcp://0.0.0.0:5556", "ipc:///run/whale.sock"]
+        heartbeat = 5
+        events_log = "/var/lib/whale-listen/events.jsonl"
+        wait_subscribers = 1
+        linger = 0.5
+        clips = "/var/lib/whale-listen/clips"
+        min_free_mb = 500
+        retry_max = 60
+        """,
+    )
+    values = load_config(path)
+    assert set(values) == KEYS - {"replay"}
+    s = Settings().with_overrides(**values)
+    assert s.device == "3" and s.channel == 1 and s.realtime is True
+    assert s.hop == 0.25 and s.threshold == 0.8 and s.model == Path("/opt/models/upcall.onnx")
+    assert s.provider == "cpu" and s.threads == 2 and s.batch == 16
+    assert s.station == "cape-cod-1"
+    assert s.start_time == datetime(2009, 3, 28, 0, 15, tzinfo=UTC)
+    assert s.publish == ("tcp://0.0.0.0:5556", "ipc:///run/whale.sock")
+    assert s.heartbeat == 5.0 and isinstance(s.heartbeat, float)
+    assert s.events_log == Path("/var/lib/whale-listen/events.jsonl")
+    assert s.wait_subscribers == 1 and s.linger == 0.5
+    assert s.clips == Path("/var/lib/whale-listen/clips")
+    assert s.min_free_mb == 500 and s.retry_max == 60
+
+
+def test_defaults():
+    s = Settings()
+    assert s.replay is None and s.device is None and s.threshold is None
+    assert s.publish == (DEFAULT_ENDPOINT,) and s.hop == 0.5 and s.threads == 1
+
+
+def test_times_without_zone_are_utc_and_a_single_endpoint_is_a_list(tmp_path):
+    values = load_config(
+        write(tmp_path, 'start_time = "2020-01-02T03:04:05"\npublish = "tcp://*:1"')
+    )
+    assert values["start_time"] == datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert values["publish"] == ("tcp://*:1",)
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ("hop = 0", "hop"),
+        ("hop = 2.5", "hop"),
+        ('hop = "fast"', "hop"),
+        ("threshold = 1.5", "threshold"),
+        ("channel = -1", "channel"),
+        ("channel = 1.5", "channel"),
+        ("batch = 0", "batch"),
+        ("threads = true", "threads"),
+        ('realtime = "yes"', "realtime"),
+        ('provider = "tpu"', "provider"),
+        ('station = ""', "station"),
+        ("publish = []", "publish"),
+        ("publish = [1]", "publish"),
+        ('start_time = "tomorrow"', "start_time"),
+        ("heartbeat = 0", "heartbeat"),
+        ("events_log = 3", "events_log"),
+        ("retry_max = 0", "retry_max"),
+        ("device = true", "device"),
+    ],
+)
+def test_bad_value_names_key_and_file(tmp_path, line, key):
+    path = write(tmp_path, line)
+    with pytest.raises(WhaleError, match=f"{path}.*bad value for '{key}'"):
+        load_config(path)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "hop = 0.5\nthreshhold = 0.7")
+    with pytest.raises(WhaleError, match=f"{path}.*unknown key 'threshhold'"):
+        load_config(path)
+
+
+def test_unreadable_config(tmp_path):
+    with pytest.raises(WhaleError, match="config file not found.*nope.toml"):
+        load_config(tmp_path / "nope.toml")
+    path = write(tmp_path, "hop = = 1")
+    with pytest.raises(WhaleError, match=f"{path} is not valid TOML"):
+        load_config(path)
+
+
+def test_every_setting_is_checked_and_every_check_is_a_setting():
+    assert set(CHECKS) == KEYS
+
+
+def test_every_command_line_option_is_a_setting():
+    names = {p.name for p in cli.main.params if isinstance(p, click.Option)}
+    assert names - NOT_SETTINGS <= KEYS
+    assert "replay" in names and "events_log" in names
+
+
+def test_command_line_overrides_config(tmp_path, monkeypatch):
+    config = write(
+        tmp_path,
+        'hop = 0.25\nthreshold = 0.8\nstation = "from-config"\nrealtime = true\n'
+        'publish = ["tcp://127.0.0.1:7000"]\nstart_time = 2001-01-01T00:00:00Z',
+    )
+    s = settings_from(["--config", config, "--replay", "x.wav"], monkeypatch)
+    assert (s.hop, s.threshold, s.station, s.realtime) == (0.25, 0.8, "from-config", True)
+    assert s.publish == ("tcp://127.0.0.1:7000",) and s.replay == Path("x.wav")
+    s = settings_from(
+        [
+            "--config", config, "--replay", "x.wav", "--threshold", "0.6",
+            "--station", "typed", "--no-realtime", "--publish", "ipc:///tmp/a",
+            "--publish", "tcp://127.0.0.1:7001", "--start-time", "2009-03-28T00:15:00Z",
+        ],
+        monkeypatch,
+    )  # fmt: skip
+    assert s.hop == 0.25  # not typed: the config's value stands, not the option's default
+    assert (s.threshold, s.station, s.realtime) == (0.6, "typed", False)
+    assert s.publish == ("ipc:///tmp/a", "tcp://127.0.0.1:7001")
+    assert s.start_time == datetime(2009, 3, 28, 0, 15, tzinfo=UTC)
+
+
+def test_replay_on_the_command_line_replaces_the_configured_device(tmp_path, monkeypatch):
+    """A deployed config names the card; `--replay test.wav` with it must still just work."""
+    config = write(tmp_path, 'device = "hw:1"\nstation = "buoy"')
+    s = settings_from(["--config", config, "--replay", "test.wav"], monkeypatch)
+    assert s.replay == Path("test.wav") and s.device is None and s.station == "buoy"
+    config = write(tmp_path, 'replay = "old.wav"')
+    s = settings_from(["--config", config, "--device", "hw:2"], monkeypatch)
+    assert s.device == "hw:2" and s.replay is None
+
+
+def test_example_config_matches_settings():
+    """Every key set there is a setting, and every setting is there (set or commented out)."""
+    if not EXAMPLE.exists():
+        pytest.skip(f"{EXAMPLE} not written yet")
+    values = load_config(EXAMPLE)  # fails on an unknown key or a bad value
+    assert set(values) <= KEYS
+    text = EXAMPLE.read_text()
+    missing = [k for k in KEYS if not re.search(rf"^[#\s]*{k}\s*=", text, re.MULTILINE)]
+    assert not missing, f"settings absent from {EXAMPLE.name}: {missing}"
