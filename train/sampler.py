@@ -137,7 +137,13 @@ class WindowSampler:
         pos = self.real_positive()
         noise = self.real_negative()
         scale = self.rng.uniform(0.2, 1.5) * (np.std(pos) + 1e-9) / (np.std(noise) + 1e-9)
-        return pos + scale * noise
+        mixed = pos + scale * noise
+        if self.rng.random() < 0.3:  # a knock or a moan beside a call leaves it a call
+            other = synth.lookalike(self.rng)[:WINDOW_SAMPLES]
+            offset = int(self.rng.integers(0, WINDOW_SAMPLES - len(other) + 1))
+            snr = float(self.rng.uniform(*self.mix.snr_db))
+            mixed = synth.mix_at_snr(other, mixed, snr, offset)
+        return mixed
 
     # -- batches --------------------------------------------------------------------------------
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:

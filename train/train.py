@@ -4,6 +4,7 @@ and hard-negative mining over every call-free window of the training recordings.
 Deterministic for a given --seed on the CPU (torch and numpy seeded, one sampler RNG).
 """
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ class TrainConfig:
     mine_every: int = 400  # steps between hard-negative mining passes (0: never)
     mine_keep: int = 1500  # hardest call-free windows kept for sampling
     spec_mask: float = 0.5  # probability of one time and one frequency mask per example
+    ema: float = 0.995  # exported weights: a moving average of the trained ones (0: off)
     seed: int = 0
     device: str = "cpu"
 
@@ -59,6 +61,17 @@ def spec_augment(image: torch.Tensor, prob: float, gen: torch.Generator) -> torc
             t0 = int(torch.randint(0, n_time - t, (1,), generator=gen))
             image[i, :, :, t0 : t0 + t] = 0
     return image
+
+
+@torch.no_grad()
+def update_average(averaged: nn.Module, model: nn.Module, decay: float) -> None:
+    """Exponential moving average of weights (and BatchNorm statistics): a smoother model that
+    generalises better to recordings it never saw than the last noisy step does."""
+    for a, m in zip(averaged.state_dict().values(), model.state_dict().values(), strict=True):
+        if a.dtype.is_floating_point:
+            a.mul_(decay).add_(m, alpha=1 - decay)
+        else:
+            a.copy_(m)
 
 
 @torch.no_grad()
@@ -106,10 +119,11 @@ def train(
     model = UpcallDetector(frontend).to(device)
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
+    averaged = copy.deepcopy(model).eval() if cfg.ema else model
     t0, running = time.time(), None
     for step in range(cfg.steps):
         if cfg.mine_every and step > 0 and step % cfg.mine_every == 0:
-            sampler.hard, fa_share = mine_hard_negatives(model, sampler, cfg.mine_keep, device)
+            sampler.hard, fa_share = mine_hard_negatives(averaged, sampler, cfg.mine_keep, device)
             log(f"step {step}: mined {len(sampler.hard)} hard negatives ({fa_share:.4f} > 0.5)")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
@@ -122,11 +136,13 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if cfg.ema:
+            update_average(averaged, model, cfg.ema if step >= cfg.warmup else 0.0)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 100 == 0 or step == cfg.steps - 1:
             log(
                 f"step {step:5d}  loss {running:.4f}  lr {learning_rate(step, cfg):.5f}  "
                 f"{time.time() - t0:.0f}s"
             )
-    model.eval()
-    return model
+    averaged.eval()
+    return averaged
