@@ -72,6 +72,8 @@ class Model:
     provider: str
     session: object = field(repr=False)
     input_name: str = "samples"
+    frames_session: object = field(default=None, repr=False)  # streaming halves, when shipped
+    head_session: object = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -85,6 +87,23 @@ class Model:
     @property
     def identity(self) -> dict:
         return {"name": self.name, "sha256": self.sha256}
+
+    @property
+    def streaming(self) -> dict | None:
+        """Frame hop, n_fft and frames per window when the model can share STFT frames."""
+        return self.card.get("streaming") if self.frames_session is not None else None
+
+    def log_mel(self, samples: np.ndarray) -> np.ndarray:
+        """1-D float32 samples (>= n_fft) -> log-mel frames [n_mels, frames]."""
+        x = np.ascontiguousarray(samples, dtype=np.float32)[None, :]
+        return self.frames_session.run(None, {"samples": x})[0][0]
+
+    def score_log_mel(self, windows: np.ndarray) -> np.ndarray:
+        """Log-mel windows [batch, n_mels, frames_per_window] -> probabilities [batch]."""
+        if len(windows) == 0:
+            return np.zeros(0, dtype=np.float32)
+        batch = np.ascontiguousarray(windows, dtype=np.float32)
+        return self.head_session.run(None, {"logmel": batch})[0].reshape(-1)
 
     def score(self, windows: np.ndarray) -> np.ndarray:
         """[batch, 4000] float32 -> probabilities [batch]."""
@@ -109,11 +128,12 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     providers = choose_providers(provider, ort.get_available_providers())
-    try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as e:  # onnxruntime raises several private exception types
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WhaleError(f"cannot load model {path}: {first_line}") from None
+    session = _session(path, options, providers)
+    frames_session = head_session = None
+    streaming = card.get("streaming")
+    if isinstance(streaming, dict):
+        frames_session = _session(path.parent / str(streaming.get("frames")), options, providers)
+        head_session = _session(path.parent / str(streaming.get("head")), options, providers)
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].shape[-1] != WINDOW_SAMPLES:
         raise WhaleError(f"model {path} does not take [batch, {WINDOW_SAMPLES}] samples")
@@ -124,4 +144,18 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
         provider=session.get_providers()[0],
         session=session,
         input_name=inputs[0].name,
+        frames_session=frames_session,
+        head_session=head_session,
     )
+
+
+def _session(path: Path, options: object, providers: list[str]) -> object:
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise WhaleError(f"model file not found: {path}")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises several private exception types
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WhaleError(f"cannot load model {path}: {first_line}") from None

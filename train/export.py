@@ -10,27 +10,66 @@ import torch
 from detector import __version__
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from detector.model import card_path, sha256_file
-from train.net import ProbabilityModel, UpcallDetector, count_parameters, flops_per_window
+from train.net import (
+    FramesModel,
+    HeadModel,
+    ProbabilityModel,
+    UpcallDetector,
+    count_parameters,
+    flops_per_window,
+)
 
 OPSET = 17
 
 
-def export_onnx(detector: UpcallDetector, path: Path) -> None:
-    """Write the contract: `samples` float32 [batch, 4000] -> `probability` float32 [batch]."""
-    model = ProbabilityModel(detector).eval()
-    example = torch.zeros(2, WINDOW_SAMPLES)
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, names: tuple, axes: dict):
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
-            model,
+            module.eval(),
             (example,),
             str(path),
-            input_names=["samples"],
-            output_names=["probability"],
-            dynamic_axes={"samples": {0: "batch"}, "probability": {0: "batch"}},
+            input_names=[names[0]],
+            output_names=[names[1]],
+            dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,  # the TorchScript exporter gives a small, plain graph for this model
         )
+
+
+def streaming_paths(path: Path) -> tuple[Path, Path]:
+    """upcall.onnx -> (upcall.frames.onnx, upcall.head.onnx)."""
+    return path.with_suffix(".frames.onnx"), path.with_suffix(".head.onnx")
+
+
+def export_onnx(detector: UpcallDetector, path: Path) -> None:
+    """Write the contract, `samples` float32 [batch, 4000] -> `probability` float32 [batch],
+    and the same model cut in two for streaming (each STFT frame computed once, not once per
+    overlapping window): `samples` [1, n] -> `logmel` [1, n_mels, frames], and
+    `logmel` [batch, n_mels, frames_per_window] -> `probability` [batch]."""
+    cfg = detector.frontend.cfg
+    _export(
+        ProbabilityModel(detector),
+        torch.zeros(2, WINDOW_SAMPLES),
+        path,
+        ("samples", "probability"),
+        {"samples": {0: "batch"}, "probability": {0: "batch"}},
+    )
+    frames_path, head_path = streaming_paths(path)
+    _export(
+        FramesModel(detector),
+        torch.zeros(1, WINDOW_SAMPLES),
+        frames_path,
+        ("samples", "logmel"),
+        {"samples": {1: "n"}, "logmel": {2: "frames"}},
+    )
+    _export(
+        HeadModel(detector),
+        torch.zeros(2, cfg.n_mels, cfg.n_frames),
+        head_path,
+        ("logmel", "probability"),
+        {"logmel": {0: "batch"}, "probability": {0: "batch"}},
+    )
 
 
 def code_version() -> str:
@@ -60,6 +99,15 @@ def write_card(model_path: Path, detector: UpcallDetector, **fields: object) -> 
         "sample_rate": SAMPLE_RATE,
         "window_samples": WINDOW_SAMPLES,
         "frontend": detector.frontend.cfg.to_dict(),
+        "streaming": {
+            "frames": streaming_paths(model_path)[0].name,
+            "frames_sha256": sha256_file(streaming_paths(model_path)[0]),
+            "head": streaming_paths(model_path)[1].name,
+            "head_sha256": sha256_file(streaming_paths(model_path)[1]),
+            "frame_hop": detector.frontend.cfg.hop_length,
+            "n_fft": detector.frontend.cfg.n_fft,
+            "frames_per_window": detector.frontend.cfg.n_frames,
+        },
         "architecture": {
             "channels": [b[0].out_channels for b in detector.net.features],
             "parameters": count_parameters(detector),

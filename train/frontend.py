@@ -72,10 +72,19 @@ class FrontEnd(nn.Module):
         re, im = spec[:, : self.n_bins], spec[:, self.n_bins :]
         return torch.matmul(self.mel, re * re + im * im)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logmel = torch.log(self.mel_power(x) + self.cfg.log_floor)
-        # Contrast enhancement: remove each band's background (tonals, coloured noise), then each
-        # frame's (broadband clicks, gain changes). What is left is what stands out in both.
+    def log_mel(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, samples] -> log mel power [B, n_mels, frames]: each frame depends on its own
+        n_fft samples only, so a stream's frames can be computed once and shared by windows."""
+        return torch.log(self.mel_power(x) + self.cfg.log_floor)
+
+    @staticmethod
+    def contrast(logmel: torch.Tensor) -> torch.Tensor:
+        """Per-window contrast enhancement: remove each band's background (tonals, coloured
+        noise), then each frame's (broadband clicks, gain changes). What is left stands out in
+        both. [B, n_mels, frames] -> image [B, 1, n_mels, frames]."""
         logmel = logmel - logmel.mean(dim=2, keepdim=True)
         logmel = logmel - logmel.mean(dim=1, keepdim=True)
         return logmel.unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.contrast(self.log_mel(x))

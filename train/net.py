@@ -73,6 +73,28 @@ class ProbabilityModel(nn.Module):
         return torch.sigmoid(self.detector(samples))
 
 
+class FramesModel(nn.Module):
+    """Streaming part 1: samples [1, n] -> log-mel frames [1, n_mels, frames] of a whole block."""
+
+    def __init__(self, detector: UpcallDetector):
+        super().__init__()
+        self.frontend = detector.frontend
+
+    def forward(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.frontend.log_mel(samples)
+
+
+class HeadModel(nn.Module):
+    """Streaming part 2: log-mel windows [batch, n_mels, frames] -> probability [batch]."""
+
+    def __init__(self, detector: UpcallDetector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.detector.net(self.detector.frontend.contrast(logmel)))
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -1,0 +1,98 @@
+"""Turn a 2 kHz sample stream into (window start, probability) pairs, whatever the block sizes.
+
+Two ways, same numbers: `WindowScorer` cuts 2-s windows and runs the whole model on each;
+`FrameScorer` computes each STFT frame of the stream once and runs only the CNN per window.
+At a 0.5-s hop every frame belongs to four windows, so sharing frames removes most of the front
+end's cost. It needs the model's streaming halves and a hop that is a whole number of frames.
+"""
+
+import numpy as np
+
+from detector.constants import WINDOW_SAMPLES
+from detector.model import Model
+from detector.windows import Windower
+
+
+class WindowScorer:
+    """Raw windows through the full model (the contract every model supports)."""
+
+    def __init__(self, model: Model, hop: int, batch: int = 64) -> None:
+        self.model = model
+        self.batch = batch
+        self.windower = Windower(hop, WINDOW_SAMPLES)
+
+    def push(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        starts, windows = self.windower.push(block)
+        scores = [
+            self.model.score(windows[i : i + self.batch]) for i in range(0, len(starts), self.batch)
+        ]
+        return starts, np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+
+class FrameScorer:
+    """Shared log-mel frames: frame k covers samples [k*frame_hop, k*frame_hop + n_fft)."""
+
+    def __init__(self, model: Model, hop: int, batch: int = 64) -> None:
+        spec = model.streaming
+        if not spec or hop % spec["frame_hop"]:
+            raise ValueError("model has no streaming halves, or the hop is not whole frames")
+        self.model = model
+        self.batch = batch
+        self.hop = hop
+        self.frame_hop = int(spec["frame_hop"])
+        self.n_fft = int(spec["n_fft"])
+        self.per_window = int(spec["frames_per_window"])
+        self.step = hop // self.frame_hop  # frames between window starts
+        self.pending = np.zeros(0, dtype=np.float32)  # samples not yet in a complete frame
+        self.frames: np.ndarray | None = None  # [n_mels, k]: frames still needed by windows
+        self.first_frame = 0  # stream index of frames[:, 0]
+        self.next_window = 0
+
+    @staticmethod
+    def supports(model: Model, hop: int) -> bool:
+        spec = model.streaming
+        return bool(spec) and hop % int(spec["frame_hop"]) == 0
+
+    def _add_frames(self, block: np.ndarray) -> None:
+        self.pending = np.concatenate([self.pending, block.astype(np.float32, copy=False)])
+        if len(self.pending) < self.n_fft:
+            return
+        n_new = 1 + (len(self.pending) - self.n_fft) // self.frame_hop
+        new = self.model.log_mel(self.pending[: (n_new - 1) * self.frame_hop + self.n_fft])
+        self.pending = self.pending[n_new * self.frame_hop :]
+        self.frames = new if self.frames is None else np.concatenate([self.frames, new], axis=1)
+
+    def push(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._add_frames(block)
+        if self.frames is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        have = self.first_frame + self.frames.shape[1]  # frames [0, have) exist
+        last = (have - self.per_window) // self.step  # last window whose frames all exist
+        count = max(0, last - self.next_window + 1)
+        scores = np.zeros(0, dtype=np.float32)
+        if count:
+            offset = self.next_window * self.step - self.first_frame
+            view = np.lib.stride_tricks.sliding_window_view(self.frames, self.per_window, axis=1)
+            images = view[:, offset : offset + (count - 1) * self.step + 1 : self.step]
+            images = images.transpose(1, 0, 2)  # [count, n_mels, per_window]
+            scores = np.concatenate(
+                [
+                    self.model.score_log_mel(images[i : i + self.batch])
+                    for i in range(0, count, self.batch)
+                ]
+            )
+        starts = (self.next_window + np.arange(count, dtype=np.int64)) * self.hop
+        self.next_window += count
+        # frames no window needs again (all of them when windows skip frames: hop > 2 s)
+        drop = min(self.next_window * self.step - self.first_frame, self.frames.shape[1])
+        if drop > 0:
+            self.frames = self.frames[:, drop:]
+            self.first_frame += drop
+        return starts, scores
+
+
+def make_scorer(model: Model, hop: int, batch: int = 64) -> WindowScorer | FrameScorer:
+    """The shared-frame scorer when the model and hop allow it, else whole windows."""
+    if FrameScorer.supports(model, hop):
+        return FrameScorer(model, hop, batch)
+    return WindowScorer(model, hop, batch)
