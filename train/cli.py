@@ -10,6 +10,7 @@ import numpy as np
 
 from detector.errors import WhaleError
 from detector.model import sha256_file
+from train.frontend import FrontEndConfig
 
 
 def fail(message: str) -> None:
@@ -95,6 +96,11 @@ def main() -> None:
     help="Copy held-out metrics from this model card into the new card.",
 )
 @click.option("--name", default="upcall", show_default=True)
+@click.option("--n-fft", type=click.IntRange(32), default=FrontEndConfig.n_fft, show_default=True)
+@click.option(
+    "--frame-hop", type=click.IntRange(1), default=FrontEndConfig.hop_length, show_default=True
+)
+@click.option("--n-mels", type=click.IntRange(8), default=FrontEndConfig.n_mels, show_default=True)
 def train_cmd(
     data_paths,
     holdout,
@@ -107,6 +113,9 @@ def train_cmd(
     threshold,
     metrics_from,
     name,
+    n_fft,
+    frame_hop,
+    n_mels,
 ) -> None:
     """Train the CNN, export OUT/NAME.onnx + card, evaluate on held-out recordings."""
     try:
@@ -122,7 +131,8 @@ def train_cmd(
         np.random.seed(seed)
         sampler = WindowSampler(sets.train_recs, sets.clips, seed=seed)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device=device)
-        model = train(sampler, cfg, log=click.echo).cpu()
+        frontend = FrontEndConfig(n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels)
+        model = train(sampler, cfg, frontend, log=click.echo).cpu()
         model_path = out / f"{name}.onnx"
         export_onnx(model, model_path)
         fields: dict = {
