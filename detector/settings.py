@@ -38,6 +38,8 @@ class Settings:
     clips: Path | None = None
     min_free_mb: float = 100.0
     retry_max: float = 30.0
+    stall_timeout: float = 10.0  # a live card silent this long is down
+    blocksize: int = 0  # PortAudio frames per callback; 0 = PortAudio's choice
 
     def with_overrides(self, **values: object) -> "Settings":
         return replace(self, **{k: v for k, v in values.items() if v is not None})
@@ -137,6 +139,8 @@ CHECKS = {
     "clips": _path_or_none,
     "min_free_mb": lambda v: _number(v, float, 0),
     "retry_max": lambda v: _number(v, float, 0, lo_open=True),
+    "stall_timeout": lambda v: _number(v, float, 0, lo_open=True),
+    "blocksize": lambda v: _number(v, int, 0),
 }
 
 

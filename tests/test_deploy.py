@@ -34,6 +34,8 @@ CONFIG_KEYS = {
     "clips": str,
     "min_free_mb": float,
     "retry_max": float,
+    "stall_timeout": float,
+    "blocksize": int,
 }
 
 

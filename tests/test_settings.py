@@ -56,6 +56,8 @@ def test_config_values_apply(tmp_path):
         clips = "/var/lib/whale-listen/clips"
         min_free_mb = 500
         retry_max = 60
+        stall_timeout = 5
+        blocksize = 400
         """,
     )
     values = load_config(path)
@@ -72,6 +74,7 @@ def test_config_values_apply(tmp_path):
     assert s.wait_subscribers == 1 and s.linger == 0.5
     assert s.clips == Path("/var/lib/whale-listen/clips")
     assert s.min_free_mb == 500 and s.retry_max == 60
+    assert s.stall_timeout == 5.0 and s.blocksize == 400
 
 
 def test_defaults():
@@ -108,6 +111,9 @@ def test_times_without_zone_are_utc_and_a_single_endpoint_is_a_list(tmp_path):
         ("heartbeat = 0", "heartbeat"),
         ("events_log = 3", "events_log"),
         ("retry_max = 0", "retry_max"),
+        ("stall_timeout = 0", "stall_timeout"),
+        ("blocksize = -1", "blocksize"),
+        ("blocksize = 0.5", "blocksize"),
         ("device = true", "device"),
     ],
 )
