@@ -150,6 +150,31 @@ def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
     help="Seconds to deliver the last events before exit.  [default: 2]",
 )
 @click.option(
+    "--clips",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Save each event's audio (+- 1 s, FLAC) and spectrogram (PNG) in this directory.",
+)
+@click.option(
+    "--min-free-mb",
+    type=click.FloatRange(0),
+    help="Skip clips when the disk has less free space than this (MiB).  [default: 100]",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(0, min_open=True),
+    help="Device: seconds without audio before the card counts as down.  [default: 10]",
+)
+@click.option(
+    "--retry-max",
+    type=click.FloatRange(0, min_open=True),
+    help="Device: longest wait (s) between attempts to reopen a lost card.  [default: 30]",
+)
+@click.option(
+    "--blocksize",
+    type=click.IntRange(0),
+    help="Device: frames per PortAudio callback, 0 = PortAudio's choice.  [default: 0]",
+)
+@click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML config file; the command line overrides it.",
@@ -176,12 +201,15 @@ def main(ctx: click.Context, list_devices: bool, config: Path | None, **_: objec
 
 def run(settings: Settings) -> int:
     """Open everything (failing early, before any audio), then listen until done or stopped."""
+    from detector.clips import ClipWriter
     from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
     from detector.events import parse_start_time
     from detector.model import load_model
-    from detector.pipeline import READ_TIMEOUT_S, Listener
+    from detector.notify import Notifier
+    from detector.pipeline import READ_TIMEOUT_S, STOP_WAIT_S, Listener
     from detector.publish import EventLog, Publisher
     from detector.ring import RingBuffer
+    from detector.service import AllHooks, ClipHooks, SystemdHooks
 
     if (settings.replay is None) == (settings.device is None):
         raise WhaleError("give exactly one of --replay FILE or --device NAME (see --help)")
@@ -213,15 +241,28 @@ def run(settings: Settings) -> int:
         info = source.info
         what = f"replay {settings.replay} ({info.duration_s:.1f} s at {info.samplerate} Hz)"
     else:
-        from detector.device import DeviceSource, choose_samplerate, resolve_device
+        from detector.device import DeviceSource, choose_samplerate, refresh_devices, resolve_device
 
-        index = resolve_device(settings.device)
-        # 60 s of room at the card's rate: a slow model call never drops audio
-        ring = RingBuffer(60 * choose_samplerate(index, SAMPLE_RATE, settings.channel + 1))
-        source = DeviceSource(index, ring, settings.channel)
+        def open_device() -> DeviceSource:
+            index = resolve_device(settings.device)
+            # 60 s of room at the card's rate: a slow model call never drops audio
+            ring = RingBuffer(60 * choose_samplerate(index, SAMPLE_RATE, settings.channel + 1))
+            return DeviceSource(index, ring, settings.channel, settings.blocksize)
+
+        def reopen() -> DeviceSource:
+            refresh_devices()  # a replugged USB card has a new PortAudio entry
+            fresh = open_device()
+            fresh.start()
+            return fresh
+
+        source = open_device()
         stream_start = None
         what = f"device {source.name!r} at {source.samplerate} Hz"
 
+    hooks = [SystemdHooks(Notifier())]
+    if settings.clips is not None:
+        hooks.append(ClipHooks(ClipWriter(settings.clips, settings.min_free_mb)))
+        what += f"; clips in {settings.clips}"
     log = EventLog(settings.events_log)
     try:
         publisher = Publisher(list(settings.publish))
@@ -237,6 +278,9 @@ def run(settings: Settings) -> int:
         settings.station,
         batch=settings.batch,
         heartbeat_s=settings.heartbeat,
+        hooks=AllHooks(*hooks),
+        stall_s=settings.stall_timeout,
+        retry_max=settings.retry_max,
     )
 
     def on_signal(signum: int, frame: object) -> None:
@@ -264,10 +308,15 @@ def run(settings: Settings) -> int:
             stream_start = datetime.now(UTC)  # live: the clock at the first sample, then counted
         if not listener.stopped:
             source.start()
-            listener.run(source, stream_start)
-            error = source.error
+            listener.run(source, stream_start, reopen if settings.device is not None else None)
+            source = listener.source  # a reopened card replaces the first one
+            if settings.replay is not None:  # a lost card is retried, never an error
+                error = source.error
     finally:
-        source.stop()
+        if settings.device is not None:
+            source.stop(timeout=STOP_WAIT_S)  # a card stuck in its driver is abandoned
+        else:
+            source.stop()
         publisher.close(linger_ms=int(settings.linger * 1000))
         log.close()
         for sig, handler in previous.items():  # run() may be embedded: leave signals as found
@@ -276,7 +325,7 @@ def run(settings: Settings) -> int:
     speed = f"{audio_s / counters.processing_s:.0f}x real time" if counters.processing_s else "-"
     note(
         f"done: {audio_s:.1f} s of audio, {speed}, {counters.events} event(s), "
-        f"{source.ring.dropped} dropped sample(s)"
+        f"{listener.dropped if listener.source else 0} dropped sample(s)"
     )
     if error is not None:
         message = (
@@ -309,3 +358,21 @@ def subscribe_cmd(endpoint: str, topics: tuple[str, ...], timeout: float | None)
         fail(str(e))
     except KeyboardInterrupt:
         pass
+
+
+@main.command("export-raven")
+@click.argument("events_log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Selection table to write.  [default: beside the log, NAME.selections.txt]",
+)
+def export_raven_cmd(events_log: Path, output: Path | None) -> None:
+    """Write a Raven Pro selection table of an event log; print its path."""
+    from detector.raven import export_raven
+
+    try:
+        click.echo(str(export_raven(events_log, output)))
+    except WhaleError as e:
+        fail(str(e))

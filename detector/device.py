@@ -11,6 +11,7 @@ without PortAudio must get a one-line WhaleError, not an ImportError traceback.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -119,6 +120,18 @@ def resolve_device(spec: str | int) -> int:
     raise WhaleError(f"unknown input device {text!r}; inputs: {_describe(inputs)}")
 
 
+def refresh_devices() -> bool:
+    """Re-read PortAudio's device list, which it takes once at start: a replugged USB card
+    comes back as a new entry. Restarting PortAudio closes every stream, so it is skipped
+    (False) while any stream is still open, e.g. one abandoned inside a stuck driver."""
+    sd = _sounddevice()
+    if DeviceSource.open_streams:
+        return False
+    sd._terminate()
+    sd._initialize()
+    return True
+
+
 def choose_samplerate(index: int, preferred: int = SAMPLE_RATE, channels: int = 1) -> int:
     """Record at 2 kHz when the device can (no resampling), else at its own default rate."""
     sd = _sounddevice()
@@ -139,6 +152,8 @@ class DeviceSource:
     consumer drains what arrived and then learns the cause.
     """
 
+    open_streams = 0  # streams not yet closed, abandoned ones included (see refresh_devices)
+
     def __init__(self, spec: str | int, ring: RingBuffer, channel: int = 0, blocksize: int = 0):
         sd = _sounddevice()
         if channel < 0:
@@ -158,6 +173,8 @@ class DeviceSource:
         self.input_overflows = 0  # callbacks PortAudio flagged: the card had to drop input
         self.last_status = ""  # text of the most recent non-empty callback status
         self._stopping = False
+        self._closer: threading.Thread | None = None
+        self._close_error: BaseException | None = None
         try:
             self._stream = sd.InputStream(
                 device=self.index,
@@ -168,6 +185,7 @@ class DeviceSource:
                 callback=self._callback,
                 finished_callback=self._finished,
             )
+            DeviceSource.open_streams += 1
         except (sd.PortAudioError, ValueError) as exc:
             raise WhaleError(
                 f"cannot open input device {self.name!r} at {self.samplerate} Hz "
@@ -199,16 +217,32 @@ class DeviceSource:
         except sd.PortAudioError as exc:
             raise WhaleError(f"cannot start input device {self.name!r}: {exc}") from exc
 
-    def stop(self) -> None:
-        """Stop and close the stream, then close the ring so the consumer drains and ends."""
-        if self._stopping:
-            return
-        self._stopping = True
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop and close the stream and close the ring, so the consumer drains and ends.
+
+        A driver stuck in a read (a card that stopped delivering) can block PortAudio's abort;
+        with `timeout` the stream is then abandoned to a daemon thread. True once closed.
+        """
+        if not self._stopping:
+            self._stopping = True
+            self.ring.close()
+            self._closer = threading.Thread(target=self._close_stream, daemon=True)
+            self._closer.start()
+        self._closer.join(timeout)
+        if self._closer.is_alive():
+            return False
+        if self._close_error is not None:
+            error, self._close_error = self._close_error, None
+            raise error
+        return True
+
+    def _close_stream(self) -> None:
         try:
             self._stream.abort()
             self._stream.close()
-        finally:
-            self.ring.close()
+            DeviceSource.open_streams -= 1
+        except BaseException as exc:  # re-raised by stop() in the caller's thread
+            self._close_error = exc
 
     def __enter__(self) -> DeviceSource:
         self.start()

@@ -3,11 +3,19 @@
 One loop serves replay and live sources alike. Every event is fsync'ed to the log before it is
 published and carries a per-run sequence number, so a subscriber can see a gap and recover it.
 A stop request (SIGINT/SIGTERM) or the end of the source closes any open event and delivers it.
+
+A live source given a `reopen` function survives its sound card: when the card errors, vanishes
+or sends nothing for `stall_s`, the open event is closed at the gap, status says
+`source_state: "down"`, and the card is reopened with exponential backoff (1 s doubling up to
+`retry_max`). The lost wall-clock time is counted as dropped samples and skipped in the stream's
+sample count, so later event times stay right; the next event says so in `gap_before_s`.
 """
 
 import math
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,16 +29,20 @@ from detector.publish import EventLog, Publisher
 from detector.windows import Windower
 
 READ_TIMEOUT_S = 0.2  # the loop wakes at least this often for heartbeats and stop requests
+STOP_WAIT_S = 2.0  # how long a lost card may take to close before it is abandoned
+FIRST_RETRY_S = 1.0
 
 
 @dataclass
 class Counters:
-    samples_in: int = 0  # at 2 kHz
+    samples_in: int = 0  # at 2 kHz, scored
     windows: int = 0
     events: int = 0
     level_dbfs: float = -math.inf
     started: float = 0.0  # monotonic
     processing_s: float = 0.0
+    gap_samples: int = 0  # stream time lost while the source was down (2 kHz samples)
+    outages: int = 0
 
 
 def dbfs(block: np.ndarray) -> float:
@@ -39,6 +51,29 @@ def dbfs(block: np.ndarray) -> float:
         return -math.inf
     rms = float(np.sqrt(np.mean(np.square(block, dtype=np.float64))))
     return 20 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def say(message: str) -> None:
+    """One line on stderr (the journal), in the CLI's form."""
+    print(f"whale-listen: {message}", file=sys.stderr, flush=True)
+
+
+class Segment:
+    """One unbroken stretch of a source: its own resampler and windower, at a stream offset."""
+
+    def __init__(self, source: object, hop: int, base: int) -> None:
+        self.base = base  # stream sample of the segment's first sample
+        self.windower = Windower(hop, WINDOW_SAMPLES)
+        self.resampler = (
+            StreamingResampler(source.samplerate, SAMPLE_RATE)
+            if source.samplerate != SAMPLE_RATE
+            else None
+        )
+
+    @property
+    def position(self) -> int:
+        """Stream sample of the next 2 kHz sample."""
+        return self.base + self.windower.samples_seen
 
 
 class Listener:
@@ -55,6 +90,8 @@ class Listener:
         batch: int = 64,
         heartbeat_s: float = 10.0,
         hooks: "Hooks | None" = None,
+        stall_s: float = 10.0,
+        retry_max: float = 30.0,
     ) -> None:
         self.model = model
         self.threshold = threshold
@@ -65,9 +102,16 @@ class Listener:
         self.batch = batch
         self.heartbeat_s = heartbeat_s
         self.hooks = hooks or Hooks()
+        self.stall_s = stall_s
+        self.retry_max = retry_max
         self.counters = Counters()
         self.seq = 0
+        self.source: object = None
+        self.source_state = "up"
+        self._retired_dropped = 0  # ring drops of sources replaced after an outage
+        self._pending_gap = 0  # samples lost since the last delivered event
         self._stop = threading.Event()
+        self._next_beat = 0.0
 
     def stop(self) -> None:
         """Safe from a signal handler: the loop notices within READ_TIMEOUT_S."""
@@ -79,7 +123,7 @@ class Listener:
         return self._stop.is_set()
 
     # -- delivery -------------------------------------------------------------------------------
-    def _deliver(self, raws: list[RawEvent], source: object, stream_start: datetime) -> None:
+    def _deliver(self, raws: list[RawEvent], stream_start: datetime) -> None:
         for raw in raws:
             self.seq += 1
             event = build_event(
@@ -88,16 +132,25 @@ class Listener:
                 stream_start=stream_start,
                 sample_rate=SAMPLE_RATE,
                 station=self.station,
-                source=source.name,
+                source=self.source.name,
                 model=self.model.identity,
                 threshold=self.threshold,
             )
+            if self._pending_gap:
+                event["gap_before_s"] = round(self._pending_gap / SAMPLE_RATE, 3)
+                self._pending_gap = 0
             self.hooks.on_event(event, raw)
             self.log.append(event)  # durable first
             self.publisher.send("upcall", event)
             self.counters.events += 1
 
-    def status(self, source: object, state: str = "up") -> dict:
+    @property
+    def dropped(self) -> int:
+        """Samples lost so far: full rings plus the time the source was down."""
+        return self._retired_dropped + int(self.source.ring.dropped) + self.counters.gap_samples
+
+    def status(self, source: object | None = None, state: str | None = None) -> dict:
+        source = source or self.source
         c = self.counters
         uptime = time.monotonic() - c.started
         audio_s = c.samples_in / SAMPLE_RATE
@@ -107,76 +160,175 @@ class Listener:
             "station": self.station,
             "time": iso_utc(datetime.now().astimezone()),
             "source": source.name,
-            "source_state": state,
+            "source_state": state or self.source_state,
             "uptime_s": round(uptime, 1),
             "samples_in": c.samples_in,
             "windows_scored": c.windows,
             "events": c.events,
             "last_seq": self.seq,
-            "dropped_samples": int(source.ring.dropped),
+            "dropped_samples": self.dropped,
+            "outages": c.outages,
             "level_dbfs": round(c.level_dbfs, 1) if math.isfinite(c.level_dbfs) else None,
             "lag_s": round(source.ring.available / source.samplerate, 3),
             "realtime_factor": round(audio_s / c.processing_s, 1) if c.processing_s else None,
             **self.hooks.status_fields(),
         }
 
+    def _tick(self, now: float) -> None:
+        """Proof of life and the heartbeat: from the loop itself, whatever the source does."""
+        self.hooks.on_tick()
+        if now >= self._next_beat:
+            status = self.status()
+            self.publisher.send("status", status)
+            self.hooks.on_status(status)
+            self._next_beat = now + self.heartbeat_s
+
     # -- the loop -------------------------------------------------------------------------------
-    def run(self, source: object, stream_start: datetime) -> Counters:
-        """Score until the source ends or stop(); always flush and deliver the open event."""
+    def run(
+        self,
+        source: object,
+        stream_start: datetime,
+        reopen: "Callable[[], object] | None" = None,
+    ) -> Counters:
+        """Score until the source ends or stop(); always flush and deliver the open event.
+
+        `reopen` (live sources) opens and starts a fresh source; without it the end of the
+        source, or its error, ends the run.
+        """
         c = self.counters
         c.started = time.monotonic()
-        windower = Windower(self.hop, WINDOW_SAMPLES)
+        self.source = source
         merger = EventMerger(self.threshold, self.hop, WINDOW_SAMPLES)
-        resampler = (
-            StreamingResampler(source.samplerate, SAMPLE_RATE)
-            if source.samplerate != SAMPLE_RATE
-            else None
-        )
-        next_beat = c.started + self.heartbeat_s
-        read_max = max(self.batch * self.hop, SAMPLE_RATE) * source.samplerate // SAMPLE_RATE
+        segment = Segment(source, self.hop, 0)
+        self._next_beat = c.started + self.heartbeat_s
+        last_audio = c.started
+        self.hooks.on_start()
         try:
             while not self._stop.is_set():
-                block = source.ring.read(read_max, timeout=READ_TIMEOUT_S)
+                ring = self.source.ring
+                read_max = max(self.batch * self.hop, SAMPLE_RATE)
+                block = ring.read(read_max * self.source.samplerate // SAMPLE_RATE, READ_TIMEOUT_S)
                 now = time.monotonic()
                 if len(block):
-                    t0 = now
-                    if resampler is not None:
-                        block = resampler.process(block)
-                    self._score_block(block, windower, merger, source, stream_start)
-                    c.processing_s += time.monotonic() - t0
-                elif source.ring.closed:
-                    break
-                self.hooks.on_tick()
-                if now >= next_beat:
-                    self.publisher.send("status", self.status(source))
-                    next_beat = now + self.heartbeat_s
+                    last_audio = now
+                    if segment.resampler is not None:
+                        block = segment.resampler.process(block)
+                    self._score_block(block, segment, merger, stream_start)
+                    c.processing_s += time.monotonic() - now
+                elif ring.closed or (reopen is not None and now - last_audio > self.stall_s):
+                    if reopen is None:
+                        break
+                    self._deliver(merger.flush(), stream_start)  # closed at the gap
+                    if not self._recover(reopen, last_audio):
+                        break
+                    now = time.monotonic()
+                    gap = round((now - last_audio) * SAMPLE_RATE)
+                    c.gap_samples += gap
+                    self._pending_gap += gap
+                    segment = Segment(self.source, self.hop, segment.position + gap)
+                    last_audio = now
+                self._tick(now)
         finally:
-            self._deliver(merger.flush(), source, stream_start)
+            self.hooks.on_stop()
+            self._deliver(merger.flush(), stream_start)
         return c
 
-    def _score_block(self, block, windower, merger, source, stream_start) -> None:
+    def _score_block(
+        self, block: np.ndarray, segment: Segment, merger: EventMerger, stream_start: datetime
+    ) -> None:
         c = self.counters
         c.samples_in += len(block)
         c.level_dbfs = dbfs(block)
-        self.hooks.on_audio(block)
-        starts, windows = windower.push(block)
+        self.hooks.on_audio(block, segment.position)  # before scoring: clips need its audio
+        starts, windows = segment.windower.push(block)
+        starts = starts + segment.base
         for i in range(0, len(starts), self.batch):
             scores = self.model.score(windows[i : i + self.batch])
             c.windows += len(scores)
-            self._deliver(merger.push(starts[i : i + self.batch], scores), source, stream_start)
+            self._deliver(merger.push(starts[i : i + self.batch], scores), stream_start)
+
+    # -- device recovery ------------------------------------------------------------------------
+    def _recover(self, reopen: Callable[[], object], last_audio: float) -> bool:
+        """Reopen the source with backoff until it delivers audio again; False if stopped."""
+        old = self.source
+        error = getattr(old, "error", None)
+        reason = str(error) if error is not None else f"no audio for {self.stall_s:g} s"
+        self.source_state = "down"
+        self.counters.outages += 1
+        say(f"input {old.name!r} is down ({reason}); reopening, retries up to {self.retry_max:g} s")
+        self._retire(old)
+        delay = FIRST_RETRY_S
+        while True:
+            if self._wait(delay):
+                return False
+            delay = min(delay * 2, self.retry_max)
+            try:
+                fresh = reopen()
+            except Exception:  # the card is still gone: try again later
+                continue
+            self.source = fresh
+            if self._first_audio(fresh):
+                break
+            if self._stop.is_set():
+                return False
+            self._retire(fresh)  # opened but silent or failed: give it up and retry
+        self.source_state = "up"
+        gap_s = time.monotonic() - last_audio
+        say(f"input {self.source.name!r} is back after {gap_s:.1f} s")
+        return True
+
+    def _retire(self, source: object) -> None:
+        """Stop a lost source without letting a stuck driver hang the loop."""
+        self._retired_dropped += int(source.ring.dropped)
+        try:
+            source.stop(timeout=STOP_WAIT_S)
+        except Exception:  # a lost card may fail to close too: it is given up either way
+            pass
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep in slices, still ticking and sending status; True if a stop was requested."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            self._stop.wait(min(READ_TIMEOUT_S, deadline - now))
+            self._tick(time.monotonic())
+        return True
+
+    def _first_audio(self, source: object) -> bool:
+        """Wait (ticking) until the reopened source has audio; False if it fails or stays quiet."""
+        deadline = time.monotonic() + self.stall_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if source.ring.available:
+                return True
+            if source.ring.closed:
+                return False
+            self._stop.wait(min(READ_TIMEOUT_S / 4, deadline - time.monotonic()))
+            self._tick(time.monotonic())
+        return bool(source.ring.available)
 
 
 class Hooks:
     """Extension points for the deployment features (clips, systemd); all no-ops here."""
 
-    def on_audio(self, block: np.ndarray) -> None:
-        """Every 2 kHz block, in stream order."""
+    def on_start(self) -> None:
+        """Everything is open and the loop is about to read the first audio."""
+
+    def on_audio(self, block: np.ndarray, start_sample: int) -> None:
+        """Every 2 kHz block, in stream order; `start_sample` skips any gap."""
 
     def on_event(self, event: dict, raw: RawEvent) -> None:
         """Before the event is logged: may add fields (e.g. the clip's path)."""
 
     def on_tick(self) -> None:
         """Once per loop iteration: proof the loop is alive (the systemd watchdog)."""
+
+    def on_status(self, status: dict) -> None:
+        """Each heartbeat, after it is published."""
+
+    def on_stop(self) -> None:
+        """The loop is ending: the open event is about to be flushed."""
 
     def status_fields(self) -> dict:
         return {}
