@@ -411,3 +411,20 @@ def test_a_replay_that_fails_is_not_retried(tmp_path):
     log.close()
     assert not thread.is_alive() and listener.counters.outages == 0
     assert len(read_events(tmp_path / "ev.jsonl")) == 1
+
+
+def test_device_list_is_refreshed_only_when_no_stream_is_open(monkeypatch):
+    """A replugged card needs a PortAudio restart, which would hang on a stream stuck open."""
+    from types import SimpleNamespace
+
+    from detector import device
+
+    calls = []
+    fake = SimpleNamespace(
+        _terminate=lambda: calls.append("terminate"), _initialize=lambda: calls.append("init")
+    )
+    monkeypatch.setattr(device, "_sounddevice", lambda: fake)
+    monkeypatch.setattr(device.DeviceSource, "open_streams", 1)
+    assert device.refresh_devices() is False and calls == []
+    monkeypatch.setattr(device.DeviceSource, "open_streams", 0)
+    assert device.refresh_devices() is True and calls == ["terminate", "init"]
