@@ -11,6 +11,7 @@ import numpy as np
 from detector.errors import WhaleError
 from detector.model import sha256_file
 from train.frontend import FrontEndConfig
+from train.net import TIME_POOL
 
 
 def fail(message: str) -> None:
@@ -101,6 +102,7 @@ def main() -> None:
     "--frame-hop", type=click.IntRange(1), default=FrontEndConfig.hop_length, show_default=True
 )
 @click.option("--n-mels", type=click.IntRange(8), default=FrontEndConfig.n_mels, show_default=True)
+@click.option("--time-pool", type=click.IntRange(1), default=TIME_POOL, show_default=True)
 def train_cmd(
     data_paths,
     holdout,
@@ -116,6 +118,7 @@ def train_cmd(
     n_fft,
     frame_hop,
     n_mels,
+    time_pool,
 ) -> None:
     """Train the CNN, export OUT/NAME.onnx + card, evaluate on held-out recordings."""
     try:
@@ -132,7 +135,7 @@ def train_cmd(
         sampler = WindowSampler(sets.train_recs, sets.clips, seed=seed)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device=device)
         frontend = FrontEndConfig(n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels)
-        model = train(sampler, cfg, frontend, log=click.echo).cpu()
+        model = train(sampler, cfg, frontend, time_pool, log=click.echo).cpu()
         model_path = out / f"{name}.onnx"
         export_onnx(model, model_path)
         fields: dict = {

@@ -110,6 +110,7 @@ def write_card(model_path: Path, detector: UpcallDetector, **fields: object) -> 
         },
         "architecture": {
             "channels": [b[0].out_channels for b in detector.net.features],
+            "time_pool": detector.net.time_pool,
             "parameters": count_parameters(detector),
             "flops_per_window": flops_per_window(detector),
         },

@@ -12,27 +12,37 @@ from torch import nn
 from train.frontend import FrontEnd, FrontEndConfig
 
 CHANNELS = (8, 16, 32, 32)
+TIME_POOL = 2  # the first pooling's step in time; 4 halves the cost of every later layer
 
 
-def conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
+def conv_block(c_in: int, c_out: int, pool: tuple[int, int] | None) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     ]
     if pool:
-        layers.append(nn.MaxPool2d(2))
+        layers.append(nn.MaxPool2d(pool))
     return nn.Sequential(*layers)
 
 
 class UpcallNet(nn.Module):
     """Feature image [B, 1, n_mels, frames] -> logit [B]."""
 
-    def __init__(self, n_mels: int, channels: tuple[int, ...] = CHANNELS, dropout: float = 0.3):
+    def __init__(
+        self,
+        n_mels: int,
+        channels: tuple[int, ...] = CHANNELS,
+        time_pool: int = TIME_POOL,
+        dropout: float = 0.3,
+    ):
         super().__init__()
+        self.time_pool = time_pool
         blocks, c_in = [], 1
         for i, c_out in enumerate(channels):
-            blocks.append(conv_block(c_in, c_out, pool=i < len(channels) - 1))
+            last = i == len(channels) - 1
+            pool = None if last else (2, time_pool) if i == 0 else (2, 2)
+            blocks.append(conv_block(c_in, c_out, pool))
             c_in = c_out
         self.features = nn.Sequential(*blocks)
         n_freq = n_mels // 2 ** (len(channels) - 1)
@@ -53,10 +63,15 @@ class UpcallNet(nn.Module):
 class UpcallDetector(nn.Module):
     """Raw samples [B, 4000] -> logit [B]; the training-time model."""
 
-    def __init__(self, cfg: FrontEndConfig | None = None, channels: tuple[int, ...] = CHANNELS):
+    def __init__(
+        self,
+        cfg: FrontEndConfig | None = None,
+        channels: tuple[int, ...] = CHANNELS,
+        time_pool: int = TIME_POOL,
+    ):
         super().__init__()
         self.frontend = FrontEnd(cfg)
-        self.net = UpcallNet(self.frontend.cfg.n_mels, channels)
+        self.net = UpcallNet(self.frontend.cfg.n_mels, channels, time_pool)
 
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         return self.net(self.frontend(samples))

@@ -16,7 +16,7 @@ from torch import nn
 
 from detector.constants import WINDOW_SAMPLES
 from train.frontend import FrontEndConfig
-from train.net import UpcallDetector
+from train.net import TIME_POOL, UpcallDetector
 from train.sampler import WindowSampler, negative_starts
 
 
@@ -111,12 +111,13 @@ def train(
     sampler: WindowSampler,
     cfg: TrainConfig,
     frontend: FrontEndConfig | None = None,
+    time_pool: int = TIME_POOL,
     log: Callable[[str], None] = print,
 ) -> UpcallDetector:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    model = UpcallDetector(frontend).to(device)
+    model = UpcallDetector(frontend, time_pool=time_pool).to(device)
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     averaged = copy.deepcopy(model).eval() if cfg.ema else model
