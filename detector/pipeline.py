@@ -26,7 +26,7 @@ from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from detector.events import EventMerger, RawEvent, build_event, iso_utc
 from detector.model import Model
 from detector.publish import EventLog, Publisher
-from detector.windows import Windower
+from detector.scoring import make_scorer
 
 READ_TIMEOUT_S = 0.2  # the loop wakes at least this often for heartbeats and stop requests
 STOP_WAIT_S = 2.0  # how long a lost card may take to close before it is abandoned
@@ -61,9 +61,10 @@ def say(message: str) -> None:
 class Segment:
     """One unbroken stretch of a source: its own resampler and windower, at a stream offset."""
 
-    def __init__(self, source: object, hop: int, base: int) -> None:
+    def __init__(self, source: object, model: Model, hop: int, batch: int, base: int) -> None:
         self.base = base  # stream sample of the segment's first sample
-        self.windower = Windower(hop, WINDOW_SAMPLES)
+        self.scorer = make_scorer(model, hop, batch)
+        self.seen = 0  # 2 kHz samples pushed
         self.resampler = (
             StreamingResampler(source.samplerate, SAMPLE_RATE)
             if source.samplerate != SAMPLE_RATE
@@ -73,7 +74,7 @@ class Segment:
     @property
     def position(self) -> int:
         """Stream sample of the next 2 kHz sample."""
-        return self.base + self.windower.samples_seen
+        return self.base + self.seen
 
 
 class Listener:
@@ -199,7 +200,7 @@ class Listener:
         c.started = time.monotonic()
         self.source = source
         merger = EventMerger(self.threshold, self.hop, WINDOW_SAMPLES)
-        segment = Segment(source, self.hop, 0)
+        segment = Segment(source, self.model, self.hop, self.batch, 0)
         self._next_beat = c.started + self.heartbeat_s
         last_audio = c.started
         self.hooks.on_start()
@@ -225,7 +226,9 @@ class Listener:
                     gap = round((now - last_audio) * SAMPLE_RATE)
                     c.gap_samples += gap
                     self._pending_gap += gap
-                    segment = Segment(self.source, self.hop, segment.position + gap)
+                    segment = Segment(
+                        self.source, self.model, self.hop, self.batch, segment.position + gap
+                    )
                     last_audio = now
                 self._tick(now)
         finally:
@@ -240,12 +243,10 @@ class Listener:
         c.samples_in += len(block)
         c.level_dbfs = dbfs(block)
         self.hooks.on_audio(block, segment.position)  # before scoring: clips need its audio
-        starts, windows = segment.windower.push(block)
-        starts = starts + segment.base
-        for i in range(0, len(starts), self.batch):
-            scores = self.model.score(windows[i : i + self.batch])
-            c.windows += len(scores)
-            self._deliver(merger.push(starts[i : i + self.batch], scores), stream_start)
+        starts, scores = segment.scorer.push(block)
+        segment.seen += len(block)
+        c.windows += len(scores)
+        self._deliver(merger.push(starts + segment.base, scores), stream_start)
 
     # -- device recovery ------------------------------------------------------------------------
     def _recover(self, reopen: Callable[[], object], last_audio: float) -> bool:
