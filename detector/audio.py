@@ -135,8 +135,11 @@ class AudioInfo:
     duration_s: float
 
 
-def _open(path: str | Path) -> sf.SoundFile:
-    """Open a sound file, turning every way it can be unusable into a WhaleError naming it."""
+def _open(path: str | Path, keep_truncated: bool = False) -> sf.SoundFile:
+    """Open a sound file, turning every way it can be unusable into a WhaleError naming it.
+
+    With keep_truncated, a file whose header promises more than it holds still opens (its
+    `truncation` attribute holds the error), so a replay can score what is there first."""
     path = Path(path)
     if not path.exists():
         raise WhaleError(f"{path}: no such audio file")
@@ -149,19 +152,22 @@ def _open(path: str | Path) -> sf.SoundFile:
     if handle.frames <= 0:
         handle.close()
         raise WhaleError(f"{path}: empty audio file (0 frames)")
+    handle.truncation = None
     for declared, present in _SHORT_CHUNK.findall(handle.extra_info):
         if int(present) < int(declared) and int(declared) not in _UNFINISHED_SIZES:
-            handle.close()
-            raise WhaleError(
+            handle.truncation = WhaleError(
                 f"{path}: truncated audio file (header promises {declared} data bytes, "
                 f"only {present} present)"
             )
+            if not keep_truncated:
+                handle.close()
+                raise handle.truncation
     return handle
 
 
-def audio_info(path: str | Path) -> AudioInfo:
+def audio_info(path: str | Path, keep_truncated: bool = False) -> AudioInfo:
     """Rate, channels and length of a file, without reading its samples."""
-    with _open(path) as handle:
+    with _open(path, keep_truncated) as handle:
         return AudioInfo(
             path=Path(path),
             samplerate=handle.samplerate,
@@ -172,10 +178,16 @@ def audio_info(path: str | Path) -> AudioInfo:
 
 
 def iter_file_blocks(
-    path: str | Path, channel: int = 0, block_frames: int = DEFAULT_BLOCK_FRAMES
+    path: str | Path,
+    channel: int = 0,
+    block_frames: int = DEFAULT_BLOCK_FRAMES,
+    keep_truncated: bool = False,
 ) -> Iterator[np.ndarray]:
-    """Yield one channel of a file as float32 blocks at SAMPLE_RATE, in constant memory."""
-    with _open(path) as handle:
+    """Yield one channel of a file as float32 blocks at SAMPLE_RATE, in constant memory.
+
+    A truncated file is an error before any audio, or with keep_truncated (the daemon: never
+    lose what can be detected) after every frame it holds."""
+    with _open(path, keep_truncated) as handle:
         if not 0 <= channel < handle.channels:
             raise WhaleError(
                 f"{path}: channel {channel} requested but the file has {handle.channels} "
@@ -191,6 +203,8 @@ def iter_file_blocks(
                     f"{path}: truncated or corrupt after frame {frames_read} ({error})"
                 ) from None
             if len(data) == 0:
+                if handle.truncation is not None:
+                    break  # libsndfile's shortened length ran out: report after the tail
                 raise WhaleError(
                     f"{path}: truncated audio file ({frames_read} of {handle.frames} frames)"
                 )
@@ -205,6 +219,8 @@ def iter_file_blocks(
         tail = resampler.flush()
         if len(tail):
             yield tail
+        if handle.truncation is not None:
+            raise handle.truncation
 
 
 def read_audio(path: str | Path, channel: int = 0) -> np.ndarray:
