@@ -424,7 +424,10 @@ def test_every_planted_call_found_once_within_one_hop(tmp_path, real_model):
 
 
 def test_held_out_recording_as_good_as_the_card_says(tmp_path, real_model):
-    """Recall and precision of the daemon's events on the card's held-out DCLDE recordings."""
+    """Recall and precision of the daemon's events on the card's held-out DCLDE recordings.
+
+    The shipped model is trained on every recording afterwards, so there it must do at least as
+    well as the held-out figures its card promises; a held-out run's own model matches them."""
     folder = SHARED_DATA / "dclde2013"
     if not (folder / "annotations.csv").exists():
         pytest.skip(f"real recordings absent ({folder})")
@@ -432,7 +435,8 @@ def test_held_out_recording_as_good_as_the_card_says(tmp_path, real_model):
     threshold = card.get("threshold")
     rows = (card.get("metrics") or {}).get("cnn", {}).get("table", [])
     row = next((r for r in rows if r["threshold"] == threshold), None)
-    held = [n for n in card.get("held_out") or [] if (folder / n).exists()]
+    metrics = card.get("metrics") or {}
+    held = [n for n in metrics.get("held_out") or [] if (folder / n).exists()]
     if row is None or not held:
         pytest.skip("the model card has no held-out DCLDE metrics at its threshold")
     with open(folder / "annotations.csv", newline="") as f:
@@ -454,8 +458,8 @@ def test_held_out_recording_as_good_as_the_card_says(tmp_path, real_model):
             n_events + len(events),
         )
     assert n_calls == row["calls"]
-    assert n_found / n_calls == pytest.approx(row["recall"], abs=0.02)
-    assert (n_hits / n_events if n_events else 1.0) == pytest.approx(row["precision"], abs=0.02)
+    assert n_found / n_calls >= row["recall"] - 0.02
+    assert (n_hits / n_events if n_events else 1.0) >= row["precision"] - 0.02
 
 
 def test_file_name_sets_event_times_and_start_time_overrides(tmp_path, tiny_model):
