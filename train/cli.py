@@ -44,7 +44,7 @@ class Datasets:
                         (self.eval_ann if layout == "annotations" else self.eval_bg).append(rec)
                     else:
                         self.train_recs.append(rec)
-        self.files += [r.path for r in self.train_recs]
+        self.files += [r.path for r in self.train_recs] + [Path(c.source) for c in self.clips]
         missing = holdout - {r.path.name for r in self.eval_ann + self.eval_bg}
         if missing:
             raise WhaleError(f"--holdout names no loaded recording: {', '.join(sorted(missing))}")
