@@ -121,7 +121,7 @@ def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
 @click.option(
     "--threads", type=click.IntRange(0), help="Model threads, 0 = all cores.  [default: 1]"
 )
-@click.option("--batch", type=click.IntRange(1), help="Windows per model call.  [default: 256]")
+@click.option("--batch", type=click.IntRange(1), help="Windows per model call.  [default: 64]")
 @click.option("--station", help="Station name in events.  [default: host name]")
 @click.option("--start-time", help="UTC time of a replay's first sample (ISO-8601).")
 @click.option(

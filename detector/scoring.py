@@ -43,7 +43,8 @@ class FrameScorer:
         self.n_fft = int(spec["n_fft"])
         self.per_window = int(spec["frames_per_window"])
         self.step = hop // self.frame_hop  # frames between window starts
-        self.pending = np.zeros(0, dtype=np.float32)  # samples not yet in a complete frame
+        self.pending: list[np.ndarray] = []  # samples not yet in a complete frame
+        self.seen = 0  # samples pushed
         self.frames: np.ndarray | None = None  # [n_mels, k]: frames still needed by windows
         self.first_frame = 0  # stream index of frames[:, 0]
         self.next_window = 0
@@ -53,17 +54,25 @@ class FrameScorer:
         spec = model.streaming
         return bool(spec) and hop % int(spec["frame_hop"]) == 0
 
-    def _add_frames(self, block: np.ndarray) -> None:
-        self.pending = np.concatenate([self.pending, block.astype(np.float32, copy=False)])
-        if len(self.pending) < self.n_fft:
+    def _add_frames(self) -> None:
+        samples = np.concatenate(self.pending)
+        self.pending = [samples]
+        if len(samples) < self.n_fft:
             return
-        n_new = 1 + (len(self.pending) - self.n_fft) // self.frame_hop
-        new = self.model.log_mel(self.pending[: (n_new - 1) * self.frame_hop + self.n_fft])
-        self.pending = self.pending[n_new * self.frame_hop :]
+        n_new = 1 + (len(samples) - self.n_fft) // self.frame_hop
+        new = self.model.log_mel(samples[: (n_new - 1) * self.frame_hop + self.n_fft])
+        self.pending = [samples[n_new * self.frame_hop :]]
         self.frames = new if self.frames is None else np.concatenate([self.frames, new], axis=1)
 
     def push(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self._add_frames(block)
+        self.seen += len(block)
+        # Live blocks are small (tens of ms): run the model only once the next window's last
+        # sample has arrived, one frames call and one head call per hop instead of per block.
+        if self.seen < self.next_window * self.hop + WINDOW_SAMPLES:
+            self.pending.append(block.astype(np.float32, copy=False))
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        self.pending.append(block.astype(np.float32, copy=False))
+        self._add_frames()
         if self.frames is None:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         have = self.first_frame + self.frames.shape[1]  # frames [0, have) exist

@@ -27,7 +27,7 @@ class Settings:
     model: Path | None = None  # None: the shipped model
     provider: str = "auto"
     threads: int = 1  # a buoy has few watts: one core unless asked
-    batch: int = 256  # windows per model call: bigger is faster for replays, live has few
+    batch: int = 64  # windows per model call (replays; live blocks hold few)
     station: str = field(default_factory=socket.gethostname)
     start_time: datetime | None = None
     publish: tuple[str, ...] = (DEFAULT_ENDPOINT,)

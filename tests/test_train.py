@@ -91,6 +91,26 @@ def test_onnx_matches_torch(exported):
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_onnx_front_end_matches_librosa(exported):
+    """The front end as the daemon runs it (the exported frames graph), not only in torch."""
+    _, path = exported
+    onnx_model = load_model(path, provider="cpu")
+    cfg = FrontEndConfig()
+    for x in synthetic_windows(2, seed=4):
+        ours = np.exp(onnx_model.log_mel(x)) - cfg.log_floor
+        ref = librosa.feature.melspectrogram(
+            y=x,
+            sr=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            center=False,
+            n_mels=cfg.n_mels,
+            fmin=cfg.f_min,
+            fmax=cfg.f_max,
+        )
+        np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-5 * ref.max())
+
+
 def test_onnx_contract_and_card(exported):
     _, path = exported
     m = load_model(path, provider="cpu")

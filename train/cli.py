@@ -81,7 +81,7 @@ def main() -> None:
 @click.option("--batch-size", type=click.IntRange(2), default=96, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
 @click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
@@ -135,7 +135,17 @@ def train_cmd(
         sampler = WindowSampler(sets.train_recs, sets.clips, seed=seed)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device=device)
         frontend = FrontEndConfig(n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels)
-        model = train(sampler, cfg, frontend, time_pool, log=click.echo).cpu()
+        with click.progressbar(
+            length=steps, label="training", file=sys.stderr, item_show_func=lambda x: x
+        ) as bar:
+            model = train(
+                sampler,
+                cfg,
+                frontend,
+                time_pool,
+                log=click.echo,
+                progress=lambda step, loss: bar.update(1, f"loss {loss:.4f}"),
+            ).cpu()
         model_path = out / f"{name}.onnx"
         export_onnx(model, model_path)
         fields: dict = {

@@ -113,6 +113,7 @@ def train(
     frontend: FrontEndConfig | None = None,
     time_pool: int = TIME_POOL,
     log: Callable[[str], None] = print,
+    progress: Callable[[int, float], None] | None = None,
 ) -> UpcallDetector:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -140,6 +141,8 @@ def train(
         if cfg.ema:
             update_average(averaged, model, cfg.ema if step >= cfg.warmup else 0.0)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if progress is not None:
+            progress(step, running)
         if step % 100 == 0 or step == cfg.steps - 1:
             log(
                 f"step {step:5d}  loss {running:.4f}  lr {learning_rate(step, cfg):.5f}  "

@@ -1,0 +1,81 @@
+"""whale-train on bad data: one line naming the file, exit status 2, no traceback."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+pytest.importorskip("torch", reason="whale-train needs the train extra")
+
+from train.cli import main  # noqa: E402
+
+SR = 2000
+
+
+def clip(path: Path, seconds: float = 2.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    sf.write(path, (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32), SR)
+    return path
+
+
+def run_train(*data: Path) -> tuple[int, str]:
+    args = ["train", "--steps", "1"]
+    for d in data:
+        args += ["--data", str(d)]
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.stderr
+
+
+def assert_one_line(code: int, stderr: str, *names: str) -> None:
+    assert code == 2
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("whale-train: error:"), stderr
+    for name in names:
+        assert name in lines[0]
+
+
+def test_missing_kaggle_csv(tmp_path):
+    clip(tmp_path / "kaggle" / "train" / "a.aiff")
+    code, err = run_train(tmp_path / "kaggle" / "train.csv")
+    assert_one_line(code, err, "train.csv")
+
+
+def test_label_not_0_or_1(tmp_path):
+    root = tmp_path / "kaggle"
+    clip(root / "train" / "a.aiff")
+    (root / "train.csv").write_text("clip_name,label\na.aiff,2\n")
+    code, err = run_train(root)
+    assert_one_line(code, err, "train.csv")
+
+
+def test_unreadable_audio(tmp_path):
+    root = tmp_path / "folders"
+    (root / "right_whale").mkdir(parents=True)
+    (root / "right_whale" / "bad.wav").write_bytes(b"not audio at all" * 100)
+    clip(root / "no_right_whale" / "n.wav")
+    code, err = run_train(root)
+    assert_one_line(code, err, "bad.wav")
+
+
+def test_truncated_audio(tmp_path):
+    rec = clip(tmp_path / "bg" / "long.wav", seconds=20)
+    rec.write_bytes(rec.read_bytes()[:-20000])
+    code, err = run_train(tmp_path / "bg")
+    assert_one_line(code, err, "long.wav", "truncated")
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, err = run_train(tmp_path / "empty")
+    assert_one_line(code, err, "empty")
+
+
+def test_annotation_past_end_of_file(tmp_path):
+    clip(tmp_path / "rec.wav", seconds=10)
+    (tmp_path / "calls.csv").write_text("filename,start,end,label\nrec.wav,9.5,11.0,upcall\n")
+    code, err = run_train(tmp_path / "calls.csv")
+    assert_one_line(code, err, "rec.wav")
