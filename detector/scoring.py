@@ -51,7 +51,7 @@ class FrameScorer:
 
     @staticmethod
     def supports(model: Model, hop: int) -> bool:
-        spec = model.streaming
+        spec = getattr(model, "streaming", None)  # stand-ins for the model may lack it
         return bool(spec) and hop % int(spec["frame_hop"]) == 0
 
     def _add_frames(self) -> None:
