@@ -2,7 +2,7 @@
 
 The PortAudio callback runs on a real-time thread, so it only copies one channel into the
 ring's non-blocking `write` (a full ring counts drops, it never waits); everything slow
-(resampling to 2 kHz, scoring) happens on the consumer side in `read_blocks`.
+(resampling to 2 kHz, scoring) happens on the consumer side, in the daemon's loop.
 
 sounddevice is imported inside functions: importing `detector` must stay cheap, and a machine
 without PortAudio must get a one-line WhaleError, not an ImportError traceback.
@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
 # over its file's bytes in whatever format the stream asks for, so float32 would read garbage.
 STREAM_DTYPE = "int16"
 INT16_SCALE = 1.0 / 32768.0
-DEFAULT_READ_SAMPLES = SAMPLE_RATE // 2  # 0.5 s of 2 kHz audio per block from read_blocks
-DEFAULT_STALL_SECONDS = 10.0
 
 # "hw:1", "hw:1,2", "plughw:1,0" as typed at an ALSA prompt; PortAudio names say "(hw:1,0)"
 _ALSA_CARD = re.compile(r"^(?:plug)?hw:(\d+)(?:,(\d+))?$")
@@ -148,7 +145,7 @@ class DeviceSource:
     """A started-on-demand PortAudio input stream that feeds one channel into a RingBuffer.
 
     `samplerate` is the rate the device records at; when it is not 2 kHz the consumer resamples
-    (`read_blocks` does). If the stream dies, `error` holds why and the ring is closed, so the
+    (the daemon's loop does). If the stream dies, `error` holds why and the ring is closed, so the
     consumer drains what arrived and then learns the cause.
     """
 
@@ -250,47 +247,3 @@ class DeviceSource:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-class _Source(Protocol):
-    ring: RingBuffer
-    samplerate: int
-    name: str
-    error: BaseException | None
-
-
-def read_blocks(
-    source: _Source,
-    timeout: float | None = DEFAULT_STALL_SECONDS,
-    block_samples: int = DEFAULT_READ_SAMPLES,
-) -> Iterator[np.ndarray]:
-    """Yield 2 kHz float32 blocks from the source's ring until the ring is closed and drained.
-
-    A device that delivers nothing for `timeout` seconds is a WhaleError (a silent hang is the
-    worst failure for an unattended buoy); None waits forever. If the stream died, the cause is
-    raised once everything it delivered has been yielded.
-    """
-    resampler = None
-    if source.samplerate != SAMPLE_RATE:
-        from detector.audio import StreamingResampler
-
-        resampler = StreamingResampler(source.samplerate, SAMPLE_RATE)
-    max_in = max(1, block_samples * source.samplerate // SAMPLE_RATE)
-    ring = source.ring
-    while True:
-        x = ring.read(max_in, timeout)
-        if len(x) == 0:
-            if ring.closed:
-                break
-            raise WhaleError(f"input device {source.name!r} delivered no audio for {timeout} s")
-        out = resampler.process(x) if resampler else x
-        if len(out):
-            yield out
-    if resampler:
-        tail = resampler.flush()
-        if len(tail):
-            yield tail
-    if isinstance(source.error, WhaleError):
-        raise source.error
-    if source.error is not None:
-        raise WhaleError(f"input device {source.name!r} failed: {source.error}") from source.error

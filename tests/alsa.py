@@ -29,9 +29,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+
+from detector.errors import WhaleError
+from detector.ring import RingBuffer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 2000
@@ -176,3 +181,46 @@ class FifoFeeder:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+# -- the consumer side, for capture tests (the daemon's loop does this with recovery) ------------
+class _Source(Protocol):
+    ring: RingBuffer
+    samplerate: int
+    name: str
+    error: BaseException | None
+
+
+def read_blocks(
+    source: _Source, timeout: float | None = 10.0, block_samples: int = 1000
+) -> Iterator[np.ndarray]:
+    """Yield 2 kHz float32 blocks from the source's ring until the ring is closed and drained.
+
+    A device that delivers nothing for `timeout` seconds is a WhaleError (a silent hang is the
+    worst failure for an unattended buoy); None waits forever. If the stream died, the cause is
+    raised once everything it delivered has been yielded.
+    """
+    resampler = None
+    if source.samplerate != SAMPLE_RATE:
+        from detector.audio import StreamingResampler
+
+        resampler = StreamingResampler(source.samplerate, SAMPLE_RATE)
+    max_in = max(1, block_samples * source.samplerate // SAMPLE_RATE)
+    ring = source.ring
+    while True:
+        x = ring.read(max_in, timeout)
+        if len(x) == 0:
+            if ring.closed:
+                break
+            raise WhaleError(f"input device {source.name!r} delivered no audio for {timeout} s")
+        out = resampler.process(x) if resampler else x
+        if len(out):
+            yield out
+    if resampler:
+        tail = resampler.flush()
+        if len(tail):
+            yield tail
+    if isinstance(source.error, WhaleError):
+        raise source.error
+    if source.error is not None:
+        raise WhaleError(f"input device {source.name!r} failed: {source.error}") from source.error

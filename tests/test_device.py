@@ -20,7 +20,6 @@ from detector.device import (
     choose_samplerate,
     format_device_list,
     list_input_devices,
-    read_blocks,
     resolve_device,
 )
 from detector.errors import WhaleError
@@ -30,6 +29,7 @@ from tests.alsa import (
     make_alsa_home,
     make_fifo,
     portaudio_problem,
+    read_blocks,
     run_python,
     to_int16,
     write_raw_int16,
@@ -228,7 +228,8 @@ def test_read_blocks_reports_a_silent_device():
 CAPTURE = """
 import json, sys
 import numpy as np
-from detector.device import DeviceSource, read_blocks
+from detector.device import DeviceSource
+from tests.alsa import read_blocks
 from detector.ring import RingBuffer
 
 want, channel, blocksize, capacity, out = sys.argv[1:6]
