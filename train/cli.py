@@ -22,7 +22,8 @@ def fail(message: str) -> None:
 class Datasets:
     """Everything --data named, split into training and held-out parts by recording."""
 
-    def __init__(self, paths: list[Path], holdout: set[str], channel: int) -> None:
+    def __init__(self, paths: list[Path], holdout: set[str] | None, channel: int) -> None:
+        """holdout: recording file names to evaluate on; None holds out every recording."""
         from train import data
 
         self.train_recs, self.clips, self.eval_ann, self.eval_bg = [], [], [], []
@@ -40,12 +41,12 @@ class Datasets:
                 else:
                     recs = data.load_background(path, channel=channel)
                 for rec in recs:
-                    if rec.path.name in holdout:
+                    if holdout is None or rec.path.name in holdout:
                         (self.eval_ann if layout == "annotations" else self.eval_bg).append(rec)
                     else:
                         self.train_recs.append(rec)
         self.files += [r.path for r in self.train_recs] + [Path(c.source) for c in self.clips]
-        missing = holdout - {r.path.name for r in self.eval_ann + self.eval_bg}
+        missing = (holdout or set()) - {r.path.name for r in self.eval_ann + self.eval_bg}
         if missing:
             raise WhaleError(f"--holdout names no loaded recording: {', '.join(sorted(missing))}")
 
@@ -242,16 +243,7 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
 def evaluate_cmd(model_path, data_paths, out, channel) -> None:
     """Evaluate a model and the baseline on recordings (all of them held out)."""
     try:
-        from train import data
-
-        names: set[str] = set()
-        for p in data_paths:
-            layout = data.detect_layout(p)
-            if layout == "annotations":
-                names |= {r.path.name for r in data.load_recordings(p, channel=channel)}
-            elif layout == "background":
-                names |= {r.path.name for r in data.load_background(p, channel=channel)}
-        sets = Datasets(list(data_paths), names, channel)
+        sets = Datasets(list(data_paths), None, channel)
         out.mkdir(parents=True, exist_ok=True)
         from detector.model import DEFAULT_MODEL
 
