@@ -14,7 +14,7 @@ from pathlib import PurePath
 
 import numpy as np
 
-from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from detector.constants import WINDOW_SAMPLES
 
 EVENT_SCHEMA = 1
 EVENT_TYPE = "upcall"
@@ -39,14 +39,12 @@ class EventMerger:
         threshold: float,
         hop: int,
         window: int = WINDOW_SAMPLES,
-        sample_rate: int = SAMPLE_RATE,
     ) -> None:
         if hop <= 0 or window <= 0:
             raise ValueError(f"hop and window must be positive, got hop={hop} window={window}")
         self.threshold = threshold
         self.hop = hop
         self.window = window
-        self.sample_rate = sample_rate
         self._first_start = 0
         self._last_start = 0
         self._peak_score = 0.0
