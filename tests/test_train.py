@@ -1,6 +1,7 @@
 """The model contract: front end = librosa, ONNX = torch, training learns, export is valid."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from train.export import export_onnx, write_card  # noqa: E402
 from train.frontend import FrontEnd, FrontEndConfig  # noqa: E402
 from train.net import UpcallDetector, count_parameters, flops_per_window  # noqa: E402
 from train.sampler import WindowSampler  # noqa: E402
-from train.train import TrainConfig, train  # noqa: E402
+from train.train import TrainConfig, train, train_ensemble  # noqa: E402
 
 
 def synthetic_windows(n: int, seed: int = 0) -> np.ndarray:
@@ -160,3 +161,42 @@ def test_training_is_deterministic_with_seed(tmp_path):
     b = train(WindowSampler(recs, seed=7), cfg, log=lambda s: None)
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb)
+
+
+def test_ensemble_members_are_seeded_runs_and_export_averages_their_logits(tmp_path):
+    rng = np.random.default_rng(6)
+    audio, calls = synth.synthetic_recording(rng, 60, 4)
+    recs = [Recording(tmp_path / "r.wav", audio, calls)]
+    cfg = TrainConfig(steps=5, batch_size=16, mine_every=0, seed=3)
+    done = []
+    ensemble = train_ensemble(
+        recs, [], cfg, 2, log=lambda s: None, progress=lambda n, loss: done.append(n)
+    )
+    assert sum(done) == 2 * cfg.steps
+    members = ensemble.member_nets()
+    assert len(members) == 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each member was trained
+    try:
+        for k, net in enumerate(members):
+            sampler = WindowSampler(recs, seed=3 + k)
+            alone = train(sampler, replace(cfg, seed=3 + k), log=lambda s: None)
+            pairs = zip(net.state_dict().values(), alone.net.state_dict().values(), strict=True)
+            for pa, pb in pairs:
+                assert torch.equal(pa, pb)
+    finally:
+        torch.set_num_threads(threads)
+    x = torch.from_numpy(synthetic_windows(6, seed=8))
+    with torch.no_grad():
+        image = ensemble.frontend(x)
+        each = torch.stack([net.eval()(image) for net in members])
+        assert not torch.allclose(each[0], each[1])  # different seeds, different nets
+        torch.testing.assert_close(ensemble(x), each.mean(dim=0))
+        expected = torch.sigmoid(ensemble(x)).numpy()
+    path = tmp_path / "ensemble.onnx"
+    export_onnx(ensemble, path)
+    card = write_card(path, ensemble, threshold=0.5)
+    onnx_model = load_model(path, provider="cpu")
+    np.testing.assert_allclose(onnx_model.score(x.numpy()), expected, atol=1e-4)
+    assert card["architecture"]["members"] == 2
+    assert card["architecture"]["parameters"] == 2 * count_parameters(members[0])

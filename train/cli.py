@@ -78,7 +78,7 @@ def main() -> None:
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("runs/latest"), show_default=True
 )
-@click.option("--steps", type=click.IntRange(1), default=2400, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=3600, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=96, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -104,6 +104,14 @@ def main() -> None:
 )
 @click.option("--n-mels", type=click.IntRange(8), default=FrontEndConfig.n_mels, show_default=True)
 @click.option("--time-pool", type=click.IntRange(1), default=TIME_POOL, show_default=True)
+@click.option(
+    "--members",
+    type=click.IntRange(1, 16),
+    default=3,
+    show_default=True,
+    help="Train this many CNNs (seeds SEED, SEED+1, ...; in parallel, one thread each) and "
+    "export one model that averages their logits.",
+)
 def train_cmd(
     data_paths,
     holdout,
@@ -120,6 +128,7 @@ def train_cmd(
     frame_hop,
     n_mels,
     time_pool,
+    members,
 ) -> None:
     """Train the CNN, export OUT/NAME.onnx + card, evaluate on held-out recordings."""
     try:
@@ -127,26 +136,37 @@ def train_cmd(
 
         from train.export import export_onnx, write_card
         from train.sampler import WindowSampler
-        from train.train import TrainConfig, train
+        from train.train import TrainConfig, train, train_ensemble
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         sets = Datasets(list(data_paths), set(holdout), channel)
         click.echo(sets.describe())
         np.random.seed(seed)
-        sampler = WindowSampler(sets.train_recs, sets.clips, seed=seed)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device=device)
         frontend = FrontEndConfig(n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels)
         with click.progressbar(
-            length=steps, label="training", file=sys.stderr, item_show_func=lambda x: x
+            length=steps * members, label="training", file=sys.stderr, item_show_func=lambda x: x
         ) as bar:
-            model = train(
-                sampler,
-                cfg,
-                frontend,
-                time_pool,
-                log=click.echo,
-                progress=lambda step, loss: bar.update(1, f"loss {loss:.4f}"),
-            ).cpu()
+            if members > 1:
+                model = train_ensemble(
+                    sets.train_recs,
+                    sets.clips,
+                    cfg,
+                    members,
+                    frontend,
+                    time_pool,
+                    log=click.echo,
+                    progress=lambda n, loss: bar.update(n, f"loss {loss:.4f}"),
+                )
+            else:
+                model = train(
+                    WindowSampler(sets.train_recs, sets.clips, seed=seed),
+                    cfg,
+                    frontend,
+                    time_pool,
+                    log=click.echo,
+                    progress=lambda step, loss: bar.update(1, f"loss {loss:.4f}"),
+                ).cpu()
         model_path = out / f"{name}.onnx"
         export_onnx(model, model_path)
         fields: dict = {

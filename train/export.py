@@ -109,8 +109,9 @@ def write_card(model_path: Path, detector: UpcallDetector, **fields: object) -> 
             "frames_per_window": detector.frontend.cfg.n_frames,
         },
         "architecture": {
-            "channels": [b[0].out_channels for b in detector.net.features],
-            "time_pool": detector.net.time_pool,
+            "channels": [b[0].out_channels for b in detector.member_nets()[0].features],
+            "time_pool": detector.member_nets()[0].time_pool,
+            "members": len(detector.member_nets()),
             "parameters": count_parameters(detector),
             "flops_per_window": flops_per_window(detector),
         },

@@ -6,6 +6,8 @@ coarse frequency position survives into the classifier, so a sweep in the right 
 the Gulf's low tonals and moans do not.
 """
 
+import copy
+
 import torch
 from torch import nn
 
@@ -60,6 +62,19 @@ class UpcallNet(nn.Module):
         return self.head(pooled).squeeze(1)
 
 
+class MeanLogit(nn.Module):
+    """Several UpcallNets trained from different seeds, their logits averaged. Members agree on
+    real calls and disagree on odd noise, so the mean keeps calls high and pulls down the one-off
+    false alarms a single small net makes on sounds it never saw."""
+
+    def __init__(self, members: list[UpcallNet]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(image) for m in self.members]).mean(dim=0)
+
+
 class UpcallDetector(nn.Module):
     """Raw samples [B, 4000] -> logit [B]; the training-time model."""
 
@@ -75,6 +90,23 @@ class UpcallDetector(nn.Module):
 
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         return self.net(self.frontend(samples))
+
+    def member_nets(self) -> list[UpcallNet]:
+        return list(self.net.members) if isinstance(self.net, MeanLogit) else [self.net]
+
+
+def combine(detectors: list[UpcallDetector]) -> UpcallDetector:
+    """One detector whose net averages the members' logits; they must share one front end."""
+    first = detectors[0]
+    if len(detectors) == 1:
+        return first
+    configs = {d.frontend.cfg for d in detectors}
+    if len(configs) != 1:
+        raise ValueError("ensemble members need the same front end")
+    nets = [copy.deepcopy(net) for d in detectors for net in d.member_nets()]
+    ensemble = copy.deepcopy(first)
+    ensemble.net = MeanLogit(nets)
+    return ensemble.eval()
 
 
 class ProbabilityModel(nn.Module):

@@ -1,28 +1,34 @@
 """The training loop: balanced augmented batches, BCE on logits, AdamW with a cosine schedule,
-and hard-negative mining over every call-free window of the training recordings.
+and hard-negative mining over every call-free window of the training recordings; and an
+ensemble: several such runs from consecutive seeds, in parallel processes, averaged into one model.
 
-Deterministic for a given --seed on the CPU (torch and numpy seeded, one sampler RNG).
+Deterministic for a given --seed on the CPU (torch and numpy seeded, one sampler RNG; ensemble
+members each on one thread, so the machine's core count does not change their weights).
 """
 
 import copy
 import math
+import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from queue import Empty, Queue
 
 import numpy as np
 import torch
 from torch import nn
 
 from detector.constants import WINDOW_SAMPLES
+from train.data import Clip, Recording
 from train.frontend import FrontEndConfig
-from train.net import TIME_POOL, UpcallDetector
+from train.net import TIME_POOL, UpcallDetector, combine
 from train.sampler import WindowSampler, negative_starts
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 2400
+    steps: int = 3600
     batch_size: int = 96
     lr: float = 3e-3
     weight_decay: float = 1e-3
@@ -150,3 +156,78 @@ def train(
             )
     averaged.eval()
     return averaged
+
+
+@dataclass
+class MemberJob:
+    """Everything one ensemble member's process needs (pickled into a fresh interpreter)."""
+
+    index: int
+    recordings: list[Recording]
+    clips: list[Clip]
+    cfg: TrainConfig
+    frontend: FrontEndConfig | None
+    time_pool: int
+
+
+def _train_member(job: MemberJob, queue: "Queue | None") -> dict:
+    """One member on one thread: the same weights whatever the machine or the scheduling."""
+    torch.set_num_threads(1)
+    sampler = WindowSampler(job.recordings, job.clips, seed=job.cfg.seed)
+
+    def progress(step: int, loss: float) -> None:
+        if queue is not None and (step % 20 == 0 or step == job.cfg.steps - 1):
+            queue.put((job.index, step + 1, loss))
+
+    def log(line: str) -> None:
+        if queue is not None and line.startswith("step") and "mined" in line:
+            queue.put((job.index, -1, line))
+
+    model = train(sampler, job.cfg, job.frontend, job.time_pool, log=log, progress=progress)
+    return {k: v.cpu() for k, v in model.state_dict().items()}
+
+
+def train_ensemble(
+    recordings: list[Recording],
+    clips: list[Clip],
+    cfg: TrainConfig,
+    members: int,
+    frontend: FrontEndConfig | None = None,
+    time_pool: int = TIME_POOL,
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, float], None] | None = None,
+) -> UpcallDetector:
+    """Train `members` detectors with seeds seed, seed+1, ... in parallel processes, each on one
+    thread, and combine them into one model that averages their logits. progress gets the total
+    of steps done over all members and the mean of their running losses."""
+    ctx = multiprocessing.get_context("spawn")
+    jobs = [
+        MemberJob(k, recordings, clips, replace(cfg, seed=cfg.seed + k), frontend, time_pool)
+        for k in range(members)
+    ]
+    done_steps, losses = [0] * members, [float("nan")] * members
+    with ctx.Manager() as manager, ProcessPoolExecutor(members, mp_context=ctx) as pool:
+        queue = manager.Queue()
+        futures = [pool.submit(_train_member, job, queue) for job in jobs]
+        while True:
+            try:
+                k, step, value = queue.get(timeout=0.5)
+            except Empty:
+                if all(f.done() for f in futures):
+                    break
+                continue
+            if step < 0:
+                log(f"member {k}: {value}")
+                continue
+            before = sum(done_steps)
+            done_steps[k], losses[k] = step, value
+            if progress is not None:
+                progress(sum(done_steps) - before, float(np.nanmean(losses)))
+        states = [f.result() for f in futures]
+    detectors = []
+    for state in states:
+        detector = UpcallDetector(frontend, time_pool=time_pool)
+        detector.load_state_dict(state)
+        detectors.append(detector.eval())
+    log(f"trained {members} members (seeds {cfg.seed}..{cfg.seed + members - 1})")
+    return combine(detectors)
