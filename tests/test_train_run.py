@@ -47,5 +47,17 @@ def test_train_evaluate_and_export_an_ensemble(tmp_path):
     assert "Template-correlation baseline" in report
     for name in ("pr.png", "gallery_false_alarms.png", "gallery_misses.png"):
         assert (out / name).stat().st_size > 0
+    # every mistake listed for a person to review, in the report and as Raven tables
+    review = report.split("## Every CNN mistake")[1]
+    for kind, name in (("false alarm", "false_alarms"), ("miss", "misses")):
+        rows = (out / f"{name}.selections.txt").read_text().splitlines()
+        assert rows[0].startswith("Selection\tView\tChannel\tBegin Time (s)")
+        assert len(rows) - 1 == review.count(f"| {kind} |")
+    chosen = card["metrics"]["chosen"]
+    assert review.count("| miss |") == chosen["calls"] - chosen["found"]
+    hits = round(chosen["precision"] * chosen["events"])
+    assert review.count("| false alarm | b.wav |") == chosen["events"] - hits
+    background_events = round(chosen["background_false_alarms_per_hour"] * 60 / 3600)
+    assert review.count("| false alarm | y.wav |") == background_events
     model = load_model(out / "upcall.onnx", provider="cpu")
     assert model.score(np.zeros((3, 4000), np.float32)).shape == (3,)

@@ -107,7 +107,7 @@ def main() -> None:
 @click.option(
     "--members",
     type=click.IntRange(1, 16),
-    default=3,
+    default=1,
     show_default=True,
     help="Train this many CNNs (seeds SEED, SEED+1, ...; in parallel, one thread each) and "
     "export one model that averages their logits.",
@@ -196,7 +196,13 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
     from detector.model import load_model
     from train.baseline import TemplateBaseline
     from train.evaluate import choose_threshold, evaluate, format_table
-    from train.report import mistakes, plot_gallery, plot_pr
+    from train.report import (
+        mistakes,
+        plot_gallery,
+        plot_pr,
+        review_table,
+        write_review_selections,
+    )
 
     cnn = evaluate(load_model(model_path, provider="cpu").score, sets.eval_ann, sets.eval_bg)
     base = evaluate(TemplateBaseline().score, sets.eval_ann, sets.eval_bg, thresholds=None)
@@ -209,6 +215,8 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
         out / "gallery_false_alarms.png",
     )
     plot_gallery(misses, f"Misses at {chosen['threshold']}", out / "gallery_misses.png")
+    write_review_selections(false_alarms, out / "false_alarms.selections.txt")
+    write_review_selections(misses, out / "misses.selections.txt")
     report = [
         f"# Held-out evaluation of {model_path.name}",
         "",
@@ -223,6 +231,13 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
         f"best threshold {base_chosen['threshold']}",
         "",
         format_table(base["table"]),
+        "",
+        f"## Every CNN mistake at {chosen['threshold']}",
+        "",
+        "Annotators miss faint calls: look before tuning a false alarm away (spectrograms in "
+        "gallery_*.png; the same rows as Raven selection tables in *.selections.txt).",
+        "",
+        review_table(false_alarms, misses),
         "",
     ]
     (out / "report.md").write_text("\n".join(report))

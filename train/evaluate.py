@@ -20,10 +20,7 @@ from train.data import Recording
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 HOP = int(DEFAULT_HOP_SECONDS * SAMPLE_RATE)
 MATCH_TOLERANCE_S = 0.5
-THRESHOLDS = (
-    *(0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99),
-    *(0.993, 0.995, 0.997, 0.998, 0.999, 0.9995, 0.9998),
-)
+THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.993, 0.995, 0.997, 0.998, 0.999)
 
 
 def score_audio(score: ScoreFn, audio: np.ndarray, hop: int = HOP, batch: int = 512):

@@ -57,12 +57,39 @@ def mistakes(scored: list[Scored], threshold: float) -> tuple[list[tuple], list[
                 misses.append((best, sc, centre))
     false_alarms.sort(key=lambda m: -m[0])
     misses.sort(key=lambda m: m[0])
-    return false_alarms[:GALLERY_SIZE], misses[:GALLERY_SIZE]
+    return false_alarms, misses
+
+
+def review_table(false_alarms: list[tuple], misses: list[tuple]) -> str:
+    """Markdown list of every false alarm and miss (file, time, score) for the run report."""
+    lines = ["| kind | file | time (s) | score |", "|---|---|---|---|"]
+    for kind, items in (("false alarm", false_alarms), ("miss", misses)):
+        for score, sc, centre in items:
+            lines.append(f"| {kind} | {sc.rec.path.name} | {centre:.1f} | {score:.4f} |")
+    return "\n".join(lines)
+
+
+def write_review_selections(items: list[tuple], path: Path) -> None:
+    """The same mistakes as a Raven Pro selection table (2 s around each), so that a person can
+    open them beside the recording and add the calls the annotators missed."""
+    from detector.raven import events_to_raven
+
+    events = [
+        {
+            "offset_start_s": max(0.0, centre - 1.0),
+            "offset_end_s": centre + 1.0,
+            "score": score,
+            "source": sc.rec.path.name,
+        }
+        for score, sc, centre in items
+    ]
+    path.write_text(events_to_raven(events, where=path.name))
 
 
 def plot_gallery(items: list[tuple], title: str, path: Path) -> None:
-    """Spectrograms of 4 s around each item, titled with file, time and score."""
+    """Spectrograms of 4 s around the first GALLERY_SIZE items, titled with file, time, score."""
     plt = _pyplot()
+    items = items[:GALLERY_SIZE]
     n = max(1, len(items))
     cols = 4
     rows = (n + cols - 1) // cols
