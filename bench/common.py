@@ -82,6 +82,23 @@ def shortfall(value: float, goal: float, higher_is_better: bool) -> str:
     return f"missed by {100 * (value / goal - 1):.0f}% (needs {value / goal:.2f}x less)"
 
 
+def goal_figure(
+    name: str,
+    value: float | None,
+    unit: str,
+    goal: float,
+    goal_text: str,
+    higher_is_better: bool,
+    note: str = "",
+) -> Figure:
+    """A figure set against its goal: whether it met it and, when missed, by how much."""
+    met = (goal_at_least if higher_is_better else goal_at_most)(value, goal)
+    parts = [note] if note else []
+    if met is False:
+        parts.append(shortfall(value, goal, higher_is_better))
+    return Figure(name, value, unit, goal_text, met, "; ".join(parts))
+
+
 def md_table(header: list[str], rows: list[list[object]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -24,12 +24,11 @@ from bench.common import (
     Section,
     Subscriber,
     check,
-    goal_at_most,
+    goal_figure,
     md_table,
     read_proc,
     replay_args,
     run_process,
-    shortfall,
     write_wav,
 )
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
@@ -198,29 +197,30 @@ def run(ctx: Context, seconds: float) -> Section:
     few = "" if enough else f"only {a['events']} events (< {WANTED_EVENTS}): p99 is rough"
     section.figures += [
         Figure("Live latency p50 (last sample -> subscriber)", a["p50_ms"], "ms", note=few),
-        Figure(
+        goal_figure(
             "Live latency p99 (last sample -> subscriber)",
             a["p99_ms"],
             "ms",
+            GOAL_P99_MS,
             f"< {GOAL_P99_MS} ms",
-            goal_at_most(a["p99_ms"], GOAL_P99_MS),
-            _miss(a["p99_ms"], GOAL_P99_MS, few),
+            higher_is_better=False,
+            note=few,
         ),
-        Figure(
+        goal_figure(
             f"Live CPU share of one core ({seconds / 60:.1f}-min run)",
             a["cpu_percent"],
             "%",
+            GOAL_CPU_PERCENT,
             f"< {GOAL_CPU_PERCENT}%",
-            goal_at_most(a["cpu_percent"], GOAL_CPU_PERCENT),
-            _miss(a["cpu_percent"], GOAL_CPU_PERCENT, ""),
+            higher_is_better=False,
         ),
-        Figure(
+        goal_figure(
             f"Live peak RSS ({seconds / 60:.1f}-min run)",
             a["rss_mb"],
             "MB",
+            GOAL_RSS_MB,
             f"< {GOAL_RSS_MB} MB",
-            goal_at_most(a["rss_mb"], GOAL_RSS_MB),
-            _miss(a["rss_mb"], GOAL_RSS_MB, ""),
+            higher_is_better=False,
         ),
     ]
     length_note = (
@@ -268,13 +268,6 @@ def run(ctx: Context, seconds: float) -> Section:
         ),
     ]
     return section
-
-
-def _miss(value: float | None, goal: float, extra: str) -> str:
-    parts = [extra] if extra else []
-    if value is not None and value > goal:
-        parts.append(shortfall(value, goal, False))
-    return "; ".join(parts)
 
 
 def _pct(value: float | None) -> str:

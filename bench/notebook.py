@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import soundfile as sf
 
-from bench.common import Context, Figure, Section, goal_at_least, md_table, shortfall
+from bench.common import Context, Figure, Section, goal_figure, md_table
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
 
 GOAL_RATIO = 750
@@ -139,13 +139,13 @@ def run(ctx: Context) -> Section:
     ctx.results["notebook"] = t
     section.figures += [
         Figure("Notebook pipeline, 1 thread, batch 1, hop 0.5 s", x_notebook, "x real time"),
-        Figure(
+        goal_figure(
             "Speed-up of whale-listen (CLI scoring loop, 1 thread) over the notebook",
             ratio,
             "x",
+            GOAL_RATIO,
             f">= {GOAL_RATIO}x",
-            goal_at_least(ratio, GOAL_RATIO),
-            "" if ratio is None or ratio >= GOAL_RATIO else shortfall(ratio, GOAL_RATIO, True),
+            higher_is_better=True,
         ),
         Figure(
             "Speed-up, CLI wall clock (start-up included) over the notebook",

@@ -23,11 +23,11 @@ from bench.common import (
     Subscriber,
     check,
     goal_at_most,
+    goal_figure,
     md_table,
     median,
     replay_args,
     run_process,
-    shortfall,
     write_wav,
 )
 from detector.constants import SAMPLE_RATE
@@ -141,13 +141,13 @@ def run(ctx: Context) -> Section:
     ctx.results["startup_s"] = first
     ctx.results["imports"] = imports
     section.figures.append(
-        Figure(
+        goal_figure(
             "Start-up: process start to first window scored",
             first,
             "s",
+            GOAL_S,
             f"< {GOAL_S} s",
-            goal_at_most(first, GOAL_S),
-            "" if first is None or first <= GOAL_S else shortfall(first, GOAL_S, False),
+            higher_is_better=False,
         )
     )
     section.figures.append(
