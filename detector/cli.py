@@ -21,10 +21,6 @@ from detector.settings import DEFAULT_ENDPOINT, Settings, load_config, parse_tim
 EXIT_ERROR = 2
 
 
-def note(message: str) -> None:
-    click.echo(f"whale-listen: {message}", err=True)
-
-
 def fail(message: str) -> "None":
     click.echo(f"whale-listen: error: {message}", err=True)
     sys.exit(EXIT_ERROR)
@@ -206,7 +202,7 @@ def run(settings: Settings) -> int:
     from detector.events import parse_start_time
     from detector.model import load_model
     from detector.notify import Notifier
-    from detector.pipeline import READ_TIMEOUT_S, STOP_WAIT_S, Listener
+    from detector.pipeline import READ_TIMEOUT_S, STOP_WAIT_S, Listener, say
     from detector.publish import EventLog, Publisher
     from detector.ring import RingBuffer
     from detector.service import AllHooks, ClipHooks, SystemdHooks
@@ -229,7 +225,7 @@ def run(settings: Settings) -> int:
             settings.replay, RingBuffer(8 * 16384), settings.channel, settings.realtime
         )
         if source.info.duration_s * SAMPLE_RATE < WINDOW_SAMPLES:
-            note(
+            say(
                 f"{settings.replay} is {source.info.duration_s:.2f} s long, shorter than one "
                 f"2-s window: nothing to score"
             )
@@ -289,8 +285,8 @@ def run(settings: Settings) -> int:
     # before the start-up note, so a supervisor that reacts to it can already stop us cleanly
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     for text in notes:
-        note(text)
-    note(
+        say(text)
+    say(
         f"model {model.name} ({model.sha256[:12]}) on {model.provider}, threshold {threshold}; "
         f"{what}; publishing on {', '.join(publisher.endpoints)}; log {settings.events_log}"
     )
@@ -303,7 +299,7 @@ def run(settings: Settings) -> int:
             while got < settings.wait_subscribers and not listener.stopped:
                 # in slices, so SIGTERM/SIGINT end the wait too
                 got = publisher.wait_subscribers(settings.wait_subscribers, timeout=READ_TIMEOUT_S)
-            note(f"{got} subscriber(s) connected")
+            say(f"{got} subscriber(s) connected")
         if stream_start is None:
             stream_start = datetime.now(UTC)  # live: the clock at the first sample, then counted
         if not listener.stopped:
@@ -323,7 +319,7 @@ def run(settings: Settings) -> int:
             signal.signal(sig, handler)
     audio_s = counters.samples_in / SAMPLE_RATE
     speed = f"{audio_s / counters.processing_s:.0f}x real time" if counters.processing_s else "-"
-    note(
+    say(
         f"done: {audio_s:.1f} s of audio, {speed}, {counters.events} event(s), "
         f"{listener.dropped if listener.source else 0} dropped sample(s)"
     )

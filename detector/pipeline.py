@@ -203,11 +203,11 @@ class Listener:
         segment = Segment(source, self.model, self.hop, self.batch, 0)
         self._next_beat = c.started + self.heartbeat_s
         last_audio = c.started
+        read_max = max(self.batch * self.hop, SAMPLE_RATE)  # 2 kHz samples per read
         self.hooks.on_start()
         try:
             while not self._stop.is_set():
                 ring = self.source.ring
-                read_max = max(self.batch * self.hop, SAMPLE_RATE)
                 block = ring.read(read_max * self.source.samplerate // SAMPLE_RATE, READ_TIMEOUT_S)
                 now = time.monotonic()
                 if len(block):

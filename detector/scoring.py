@@ -33,9 +33,9 @@ class FrameScorer:
     """Shared log-mel frames: frame k covers samples [k*frame_hop, k*frame_hop + n_fft)."""
 
     def __init__(self, model: Model, hop: int, batch: int = 64) -> None:
-        spec = model.streaming
-        if not spec or hop % spec["frame_hop"]:
+        if not self.supports(model, hop):
             raise ValueError("model has no streaming halves, or the hop is not whole frames")
+        spec = model.streaming
         self.model = model
         self.batch = batch
         self.hop = hop
@@ -66,12 +66,11 @@ class FrameScorer:
 
     def push(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.seen += len(block)
+        self.pending.append(block.astype(np.float32, copy=False))
         # Live blocks are small (tens of ms): run the model only once the next window's last
         # sample has arrived, one frames call and one head call per hop instead of per block.
         if self.seen < self.next_window * self.hop + WINDOW_SAMPLES:
-            self.pending.append(block.astype(np.float32, copy=False))
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        self.pending.append(block.astype(np.float32, copy=False))
         self._add_frames()
         if self.frames is None:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)

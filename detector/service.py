@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.clips import ClipWriter
+from detector.constants import SAMPLE_RATE
 from detector.events import RawEvent
 from detector.notify import Notifier
 from detector.pipeline import Hooks
@@ -20,7 +21,7 @@ def status_line(status: dict) -> str:
     """The figures `systemctl status` shows, from a heartbeat status message."""
     level = status.get("level_dbfs")
     parts = [
-        f"{status['source_state']}: {status['samples_in'] / 2000:.0f} s of audio",
+        f"{status['source_state']}: {status['samples_in'] / SAMPLE_RATE:.0f} s of audio",
         f"{status['events']} event(s)",
         f"level {level:.1f} dBFS" if isinstance(level, float) and math.isfinite(level) else None,
         f"{status['dropped_samples']} dropped sample(s)",
