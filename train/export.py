@@ -89,6 +89,8 @@ def code_version() -> str:
 
 def write_card(model_path: Path, detector: UpcallDetector, **fields: object) -> dict:
     """model.json beside the model: what it is, how it was made, how well it did."""
+    frames_path, head_path = streaming_paths(model_path)
+    nets = detector.member_nets()
     card = {
         "name": fields.pop("name", model_path.stem),
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -100,18 +102,18 @@ def write_card(model_path: Path, detector: UpcallDetector, **fields: object) -> 
         "window_samples": WINDOW_SAMPLES,
         "frontend": detector.frontend.cfg.to_dict(),
         "streaming": {
-            "frames": streaming_paths(model_path)[0].name,
-            "frames_sha256": sha256_file(streaming_paths(model_path)[0]),
-            "head": streaming_paths(model_path)[1].name,
-            "head_sha256": sha256_file(streaming_paths(model_path)[1]),
+            "frames": frames_path.name,
+            "frames_sha256": sha256_file(frames_path),
+            "head": head_path.name,
+            "head_sha256": sha256_file(head_path),
             "frame_hop": detector.frontend.cfg.hop_length,
             "n_fft": detector.frontend.cfg.n_fft,
             "frames_per_window": detector.frontend.cfg.n_frames,
         },
         "architecture": {
-            "channels": [b[0].out_channels for b in detector.member_nets()[0].features],
-            "time_pool": detector.member_nets()[0].time_pool,
-            "members": len(detector.member_nets()),
+            "channels": [b[0].out_channels for b in nets[0].features],
+            "time_pool": nets[0].time_pool,
+            "members": len(nets),
             "parameters": count_parameters(detector),
             "flops_per_window": flops_per_window(detector),
         },

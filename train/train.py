@@ -170,17 +170,18 @@ class MemberJob:
     time_pool: int
 
 
-def _train_member(job: MemberJob, queue: "Queue | None") -> dict:
-    """One member on one thread: the same weights whatever the machine or the scheduling."""
+def _train_member(job: MemberJob, queue: Queue) -> dict:
+    """One member on one thread: the same weights whatever the machine or the scheduling.
+    Progress (steps done, loss) and mining lines (step -1) go to the parent through `queue`."""
     torch.set_num_threads(1)
     sampler = WindowSampler(job.recordings, job.clips, seed=job.cfg.seed)
 
     def progress(step: int, loss: float) -> None:
-        if queue is not None and (step % 20 == 0 or step == job.cfg.steps - 1):
+        if step % 20 == 0 or step == job.cfg.steps - 1:
             queue.put((job.index, step + 1, loss))
 
     def log(line: str) -> None:
-        if queue is not None and line.startswith("step") and "mined" in line:
+        if line.startswith("step") and "mined" in line:
             queue.put((job.index, -1, line))
 
     model = train(sampler, job.cfg, job.frontend, job.time_pool, log=log, progress=progress)
@@ -219,10 +220,10 @@ def train_ensemble(
             if step < 0:
                 log(f"member {k}: {value}")
                 continue
-            before = sum(done_steps)
+            new_steps = step - done_steps[k]
             done_steps[k], losses[k] = step, value
             if progress is not None:
-                progress(sum(done_steps) - before, float(np.nanmean(losses)))
+                progress(new_steps, float(np.nanmean(losses)))
         states = [f.result() for f in futures]
     detectors = []
     for state in states:
