@@ -155,6 +155,11 @@ class Subscriber(threading.Thread):
         self.done = threading.Event()
         self.ready = threading.Event()
 
+    def start(self) -> None:
+        """Return once the socket is connected and subscribed, so no early message is missed."""
+        super().start()
+        self.ready.wait(5)
+
     def run(self) -> None:
         context = zmq.Context()
         sock = context.socket(zmq.SUB)
@@ -337,7 +342,6 @@ def test_heartbeat_status_message(tmp_path, tiny_model):
     endpoint = f"ipc://{tmp_path}/hb.sock"
     subscriber = Subscriber(endpoint, ("status",))
     subscriber.start()
-    subscriber.ready.wait(5)
     try:
         result = invoke(
             *replay_args(recording, tiny_model, tmp_path / "ev.jsonl"),
@@ -371,7 +375,6 @@ def test_signal_closes_the_open_event_and_exits_cleanly(tmp_path, tiny_model, si
     log = tmp_path / "events.jsonl"
     subscriber = Subscriber(endpoint)
     subscriber.start()
-    subscriber.ready.wait(5)
     daemon = subprocess.Popen(
         [
             *DAEMON,

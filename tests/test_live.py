@@ -92,7 +92,6 @@ def test_device_publishes_the_events_of_a_replay_of_the_same_audio(
     endpoint = f"ipc://{tmp_path}/live.sock"
     subscriber = Subscriber(endpoint)
     subscriber.start()
-    subscriber.ready.wait(5)
     feeder = FifoFeeder(fifo, audio, speed=SPEED, chunk_frames=CHUNK)  # holds the FIFO open
     daemon = start_daemon(tmp_path, env, shipped_model, endpoint)
     try:
@@ -148,7 +147,6 @@ def test_a_hung_card_is_reopened_and_detection_resumes(tmp_path, alsa_env, shipp
     endpoint = f"ipc://{tmp_path}/live.sock"
     subscriber = Subscriber(endpoint)
     subscriber.start()
-    subscriber.ready.wait(5)
     feeder = PausingFeeder(fifo, first, second, speed=SPEED, chunk_frames=CHUNK)
     daemon = start_daemon(
         tmp_path, env, shipped_model, endpoint, "--stall-timeout", "1", "--retry-max", "1"

@@ -237,7 +237,6 @@ def test_low_disk_skips_clips_but_keeps_events_and_says_so_in_status(tmp_path, t
 
     subscriber = Subscriber(endpoint, ("status",))
     subscriber.start()
-    subscriber.ready.wait(5)
     try:
         result = invoke(
             "--replay", recording, "--realtime", "--heartbeat", "0.2", "--wait-subscribers", "1",
