@@ -79,3 +79,11 @@ def test_annotation_past_end_of_file(tmp_path):
     (tmp_path / "calls.csv").write_text("filename,start,end,label\nrec.wav,9.5,11.0,upcall\n")
     code, err = run_train(tmp_path / "calls.csv")
     assert_one_line(code, err, "rec.wav")
+
+
+def test_evaluate_only_a_recording_not_loaded(tmp_path):
+    clip(tmp_path / "rec.wav", seconds=10)
+    (tmp_path / "calls.csv").write_text("filename,start,end,label\nrec.wav,2.0,3.0,upcall\n")
+    args = ["evaluate", "--data", str(tmp_path / "calls.csv"), "--only", "other.wav"]
+    result = CliRunner().invoke(main, args + ["--out", str(tmp_path / "out")])
+    assert_one_line(result.exit_code, result.stderr, "--only", "other.wav")

@@ -22,8 +22,11 @@ def fail(message: str) -> None:
 class Datasets:
     """Everything --data named, split into training and held-out parts by recording."""
 
-    def __init__(self, paths: list[Path], holdout: set[str] | None, channel: int) -> None:
-        """holdout: recording file names to evaluate on; None holds out every recording."""
+    def __init__(
+        self, paths: list[Path], holdout: set[str] | None, channel: int, flag: str = "--holdout"
+    ) -> None:
+        """holdout: recording file names to evaluate on; None holds out every recording. flag:
+        the option that named them, for the error when one is not loaded."""
         from train import data
 
         self.train_recs, self.clips, self.eval_ann, self.eval_bg = [], [], [], []
@@ -48,7 +51,7 @@ class Datasets:
         self.files += [r.path for r in self.train_recs] + [Path(c.source) for c in self.clips]
         missing = (holdout or set()) - {r.path.name for r in self.eval_ann + self.eval_bg}
         if missing:
-            raise WhaleError(f"--holdout names no loaded recording: {', '.join(sorted(missing))}")
+            raise WhaleError(f"{flag} names no loaded recording: {', '.join(sorted(missing))}")
 
     def describe(self) -> str:
         calls = sum(len(r.calls) for r in self.train_recs)
@@ -223,12 +226,13 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
         f"Held out: {', '.join(r.path.name for r in sets.eval_ann + sets.eval_bg)} "
         f"({cnn['hours_annotated']} h annotated, {cnn['hours_background']} h background).",
         "",
-        f"## CNN: clip AUC {cnn['clip_auc']}; chosen threshold {chosen['threshold']}",
+        f"## CNN: clip AUC {cnn['clip_auc']}; event AP {cnn['event_ap']}; "
+        f"chosen threshold {chosen['threshold']}",
         "",
         format_table(cnn["table"]),
         "",
         f"## Template-correlation baseline: clip AUC {base['clip_auc']}; "
-        f"best threshold {base_chosen['threshold']}",
+        f"event AP {base['event_ap']}; best threshold {base_chosen['threshold']}",
         "",
         format_table(base["table"]),
         "",
@@ -249,6 +253,7 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
         "chosen": chosen,
         "baseline": {
             "clip_auc": base["clip_auc"],
+            "event_ap": base["event_ap"],
             "chosen": base_chosen,
             "table": base["table"],
         },
@@ -274,11 +279,17 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("runs/eval"), show_default=True
 )
+@click.option(
+    "--only",
+    multiple=True,
+    help="Evaluate on this recording file name only (repeatable; default: every recording), "
+    "e.g. a validation split's files out of the full annotation table.",
+)
 @click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
-def evaluate_cmd(model_path, data_paths, out, channel) -> None:
+def evaluate_cmd(model_path, data_paths, out, only, channel) -> None:
     """Evaluate a model and the baseline on recordings (all of them held out)."""
     try:
-        sets = Datasets(list(data_paths), None, channel)
+        sets = Datasets(list(data_paths), set(only) or None, channel, flag="--only")
         out.mkdir(parents=True, exist_ok=True)
         from detector.model import DEFAULT_MODEL
 

@@ -20,6 +20,7 @@ from train.data import Recording
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 HOP = int(DEFAULT_HOP_SECONDS * SAMPLE_RATE)
 MATCH_TOLERANCE_S = 0.5
+AP_WINDOWS = 400  # event AP sweeps the distinct scores of this many top-scoring windows
 THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.993, 0.995, 0.997, 0.998, 0.999)
 
 
@@ -138,18 +139,39 @@ def event_row(annotated: list[Scored], background: list[Scored], threshold: floa
     }
 
 
+def event_ap(annotated: list[Scored], background: list[Scored]) -> float:
+    """Area under the event precision-recall curve, interpolated as in PASCAL VOC: the mean, over
+    recall levels 1/N .. N/N, of the best precision reached at that recall or higher (0 where it
+    is never reached). One number over every threshold, finer than the best row of the table, for
+    comparing recipes on a validation split. Thresholds: each distinct score of the AP_WINDOWS
+    highest-scoring windows, where the event set changes, except the lowest score of all (there
+    every window fires and a whole file is one event that "finds" every call)."""
+    n_calls = sum(len(s.rec.calls) for s in annotated)
+    if n_calls == 0:
+        return float("nan")
+    allv = np.concatenate([s.scores for s in annotated + background])
+    best = [0.0] * (n_calls + 1)  # best precision at exactly k calls found
+    thresholds = np.unique(np.sort(allv)[-AP_WINDOWS:])
+    for t in thresholds[thresholds > allv.min()]:
+        row = event_row(annotated, background, float(t))
+        best[row["found"]] = max(best[row["found"]], row["precision"])
+    at_least = np.maximum.accumulate(best[::-1])[::-1]  # best precision at k or more found
+    return float(np.mean(at_least[1:]))
+
+
 def evaluate(
     score: ScoreFn,
     annotated: list[Recording],
     background: list[Recording],
     thresholds: tuple[float, ...] | None = THRESHOLDS,
 ) -> dict:
-    """Clip AUC plus the event table over thresholds (None: score quantiles), for one scorer."""
+    """Clip AUC, event AP and the event table over thresholds (None: score quantiles)."""
     scored_ann = [Scored(r, *score_audio(score, r.audio)) for r in annotated]
     scored_bg = [Scored(r, *score_audio(score, r.audio)) for r in background]
     thresholds = thresholds or quantile_thresholds(scored_ann + scored_bg)
     return {
         "clip_auc": round(clip_auc(score, annotated), 4),
+        "event_ap": round(event_ap(scored_ann, scored_bg), 4),
         "hours_annotated": round(sum(s.hours for s in scored_ann), 3),
         "hours_background": round(sum(s.hours for s in scored_bg), 3),
         "table": [event_row(scored_ann, scored_bg, t) for t in thresholds],
