@@ -131,7 +131,7 @@ def int8_head(ctx: Context) -> tuple[list[list[str]], str]:
     best = max(base_us / float(r[1]) for r in rows[1:])
     ctx.results["int8_speedup"] = best
     note = (
-        f"int8 CNN half, {len(windows)} windows of the hour, batch {INT8_BATCH}, 1 thread: "
+        f"{len(windows)} windows of the hour, batch {INT8_BATCH}, 1 thread: "
         f"best {best:.2f}x the float speed"
     )
     return rows, note
@@ -170,14 +170,14 @@ def run(ctx: Context) -> Section:
         "",
         f"CUDA: {cuda_note}.",
         "",
-        f"Int8: {int8_note}. onnxruntime static quantisation (per-channel int8 weights, uint8 "
-        "activations calibrated on the same windows); speed-up against the float CNN half, and "
-        "the largest change in any window's probability:",
+        f"Int8 CNN half: {int8_note}. onnxruntime static quantisation (per-channel int8 "
+        "weights, uint8 activations calibrated on the same windows); speed-up against the float "
+        "CNN half, and the largest change in any window's probability:",
     ]
     if int8_rows:
         section.body += [
             "",
-            *md_table(["CNN half", "us per window", "speed", "max |change in p|"], int8_rows),
+            *md_table(["CNN half", "us per window", "speed", "largest change in p"], int8_rows),
         ]
     return section
 
