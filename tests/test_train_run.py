@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("torch", reason="whale-train needs the train extra")
 
+from detector.model import DEFAULT_MODEL as SHIPPED  # noqa: E402
 from detector.model import load_model  # noqa: E402
 from train import synth  # noqa: E402
 from train.cli import main  # noqa: E402
@@ -83,3 +84,39 @@ def test_evaluate_only_the_named_recordings(tmp_path):
     assert 0.0 <= ap <= 1.0
     rows = [line for line in cnn.splitlines() if line.startswith("| 0.")]
     assert rows and all("/4) |" in row for row in rows)  # b.wav's 4 calls, not a.wav's
+
+
+def test_evaluate_several_models_scores_their_mean_logit(tmp_path, monkeypatch):
+    """Logits averaged, not probabilities: 0.9 and 0.5 give 0.75 (probabilities would give 0.7)."""
+    import detector.model
+    from train.cli import mean_logit_scorer
+
+    class Fixed:
+        def __init__(self, p: float) -> None:
+            self.p = p
+
+        def score(self, windows: np.ndarray) -> np.ndarray:
+            return np.full(len(windows), self.p, dtype=np.float32)
+
+    probs = {"a.onnx": 0.9, "b.onnx": 0.5, "c.onnx": 1.0}
+    monkeypatch.setattr(detector.model, "load_model", lambda p, provider: Fixed(probs[p.name]))
+    windows = np.zeros((3, 4000), np.float32)
+    both = mean_logit_scorer([tmp_path / "a.onnx", tmp_path / "b.onnx"])(windows)
+    np.testing.assert_allclose(both, 0.75, rtol=1e-6)
+    # a saturated float32 1.0 is clipped to 1 - 1e-7 (logit 16.1), not an infinite logit
+    sure = mean_logit_scorer([tmp_path / "c.onnx", tmp_path / "b.onnx"])(windows)
+    assert np.all(np.isfinite(sure)) and np.all(sure < 1.0)
+
+
+def test_evaluate_the_same_model_twice_equals_once(tmp_path):
+    write_split(tmp_path)
+    tables = []
+    for models in (["--model", str(SHIPPED)], ["--model", str(SHIPPED), "--model", str(SHIPPED)]):
+        out = tmp_path / f"eval{len(models)}"
+        args = ["evaluate", "--data", str(tmp_path / "calls.csv"), "--out", str(out), *models]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output + result.stderr
+        report = (out / "report.md").read_text()
+        tables.append([line for line in report.splitlines() if line.startswith("| 0.")])
+    assert tables[0] and tables[0] == tables[1]
+    assert "(mean logit)" in report

@@ -184,7 +184,7 @@ def train_cmd(
             fields["metrics"] = old.get("metrics")
             fields["threshold_chosen_on"] = old.get("held_out")
         if sets.eval_ann or sets.eval_bg:
-            fields["metrics"] = evaluate_and_report(model_path, sets, out)
+            fields["metrics"] = evaluate_and_report([model_path], sets, out)
             fields["threshold_chosen_on"] = fields["held_out"]
         chosen = (fields.get("metrics") or {}).get("chosen", {}).get("threshold", 0.5)
         fields["threshold"] = threshold if threshold is not None else chosen
@@ -194,9 +194,9 @@ def train_cmd(
         fail(str(e))
 
 
-def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
-    """CNN (through onnxruntime, as deployed) and the classical baseline on the held-out split."""
-    from detector.model import load_model
+def evaluate_and_report(model_paths: list[Path], sets: Datasets, out: Path) -> dict:
+    """CNN (through onnxruntime, as deployed; several models: their mean logit) and the classical
+    baseline on the held-out split."""
     from train.baseline import TemplateBaseline
     from train.evaluate import choose_threshold, evaluate, format_table
     from train.report import (
@@ -207,7 +207,7 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
         write_review_selections,
     )
 
-    cnn = evaluate(load_model(model_path, provider="cpu").score, sets.eval_ann, sets.eval_bg)
+    cnn = evaluate(mean_logit_scorer(model_paths), sets.eval_ann, sets.eval_bg)
     base = evaluate(TemplateBaseline().score, sets.eval_ann, sets.eval_bg, thresholds=None)
     chosen, base_chosen = choose_threshold(cnn["table"]), choose_threshold(base["table"])
     plot_pr({"CNN": cnn["table"], "template baseline": base["table"]}, out / "pr.png")
@@ -221,7 +221,7 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
     write_review_selections(false_alarms, out / "false_alarms.selections.txt")
     write_review_selections(misses, out / "misses.selections.txt")
     report = [
-        f"# Held-out evaluation of {model_path.name}",
+        f"# Held-out evaluation of {model_names(model_paths)}",
         "",
         f"Held out: {', '.join(r.path.name for r in sets.eval_ann + sets.eval_bg)} "
         f"({cnn['hours_annotated']} h annotated, {cnn['hours_background']} h background).",
@@ -260,13 +260,38 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
     }
 
 
+def model_names(model_paths: list[Path]) -> str:
+    """File names, or the paths where names repeat (every run writes upcall.onnx)."""
+    names = [p.name for p in model_paths]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in model_paths]
+    return " + ".join(names) + (" (mean logit)" if len(names) > 1 else "")
+
+
+def mean_logit_scorer(model_paths: list[Path]):
+    """One model's own scores; several models' mean logit (each probability clipped to
+    [1e-7, 1 - 1e-7] first, since float32 probabilities saturate at 1), to check what an ensemble
+    of separately trained models would give before training one with --members."""
+    from detector.model import load_model
+
+    models = [load_model(p, provider="cpu") for p in model_paths]
+    if len(models) == 1:
+        return models[0].score
+
+    def score(windows: np.ndarray) -> np.ndarray:
+        p = np.clip([m.score(windows).astype(np.float64) for m in models], 1e-7, 1 - 1e-7)
+        return 1 / (1 + np.exp(-np.log(p / (1 - p)).mean(axis=0)))
+
+    return score
+
+
 @main.command("evaluate")
 @click.option(
     "--model",
-    "model_path",
+    "model_paths",
+    multiple=True,
     type=click.Path(path_type=Path),
-    default=None,
-    help="ONNX model (default: the shipped one).",
+    help="ONNX model (default: the shipped one); repeat it to score the models' mean logit.",
 )
 @click.option(
     "--data",
@@ -286,14 +311,14 @@ def evaluate_and_report(model_path: Path, sets: Datasets, out: Path) -> dict:
     "e.g. a validation split's files out of the full annotation table.",
 )
 @click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
-def evaluate_cmd(model_path, data_paths, out, only, channel) -> None:
+def evaluate_cmd(model_paths, data_paths, out, only, channel) -> None:
     """Evaluate a model and the baseline on recordings (all of them held out)."""
     try:
         sets = Datasets(list(data_paths), set(only) or None, channel, flag="--only")
         out.mkdir(parents=True, exist_ok=True)
         from detector.model import DEFAULT_MODEL
 
-        evaluate_and_report(model_path or DEFAULT_MODEL, sets, out)
+        evaluate_and_report(list(model_paths) or [DEFAULT_MODEL], sets, out)
     except WhaleError as e:
         fail(str(e))
 
