@@ -3,6 +3,7 @@
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -268,7 +269,7 @@ def model_names(model_paths: list[Path]) -> str:
     return " + ".join(names) + (" (mean logit)" if len(names) > 1 else "")
 
 
-def mean_logit_scorer(model_paths: list[Path]):
+def mean_logit_scorer(model_paths: list[Path]) -> Callable[[np.ndarray], np.ndarray]:
     """One model's own scores; several models' mean logit (each probability clipped to
     [1e-7, 1 - 1e-7] first, since float32 probabilities saturate at 1), to check what an ensemble
     of separately trained models would give before training one with --members."""
