@@ -153,7 +153,7 @@ def event_ap(annotated: list[Scored], background: list[Scored]) -> float:
     best = [0.0] * (n_calls + 1)  # best precision at exactly k calls found
     thresholds = np.unique(np.sort(allv)[-AP_WINDOWS:])
     for t in thresholds[thresholds > allv.min()]:
-        row = event_row(annotated, background, float(t))
+        row = event_row(annotated, [], float(t))  # recall and precision: annotated files only
         best[row["found"]] = max(best[row["found"]], row["precision"])
     at_least = np.maximum.accumulate(best[::-1])[::-1]  # best precision at k or more found
     return float(np.mean(at_least[1:]))
