@@ -133,6 +133,7 @@ class AudioInfo:
     channels: int
     frames: int
     duration_s: float
+    truncation: WhaleError | None = None  # only with keep_truncated: what the header promised
 
 
 def _open(path: str | Path, keep_truncated: bool = False) -> sf.SoundFile:
@@ -174,6 +175,7 @@ def audio_info(path: str | Path, keep_truncated: bool = False) -> AudioInfo:
             channels=handle.channels,
             frames=handle.frames,
             duration_s=handle.frames / handle.samplerate,
+            truncation=handle.truncation,
         )
 
 

@@ -225,6 +225,8 @@ def run(settings: Settings) -> int:
             settings.replay, RingBuffer(8 * 16384), settings.channel, settings.realtime
         )
         if source.info.duration_s * SAMPLE_RATE < WINDOW_SAMPLES:
+            if source.info.truncation is not None:
+                raise source.info.truncation
             say(
                 f"{settings.replay} is {source.info.duration_s:.2f} s long, shorter than one "
                 f"2-s window: nothing to score"
@@ -308,6 +310,11 @@ def run(settings: Settings) -> int:
             source = listener.source  # a reopened card replaces the first one
             if settings.replay is not None:  # a lost card is retried, never an error
                 error = source.error
+                if error is None and not listener.stopped and not listener.silence.heard:
+                    error = WhaleError(
+                        f"{settings.replay}: digital silence from start to end (every sample "
+                        f"0): no call could be heard; check the recorder and its hydrophone"
+                    )
     finally:
         if settings.device is not None:
             source.stop(timeout=STOP_WAIT_S)  # a card stuck in its driver is abandoned

@@ -27,6 +27,7 @@ from detector.events import EventMerger, RawEvent, build_event, iso_utc
 from detector.model import Model
 from detector.publish import EventLog, Publisher
 from detector.scoring import make_scorer
+from detector.silence import SilenceWatch
 
 READ_TIMEOUT_S = 0.2  # the loop wakes at least this often for heartbeats and stop requests
 STOP_WAIT_S = 2.0  # how long a lost card may take to close before it is abandoned
@@ -106,6 +107,7 @@ class Listener:
         self.stall_s = stall_s
         self.retry_max = retry_max
         self.counters = Counters()
+        self.silence = SilenceWatch()
         self.seq = 0
         self.source: object = None
         self.source_state = "up"
@@ -170,6 +172,7 @@ class Listener:
             "dropped_samples": self.dropped,
             "outages": c.outages,
             "level_dbfs": round(c.level_dbfs, 1) if math.isfinite(c.level_dbfs) else None,
+            "silent_s": round(self.silence.run_s, 1),
             "lag_s": round(source.ring.available / source.samplerate, 3),
             "realtime_factor": round(audio_s / c.processing_s, 1) if c.processing_s else None,
             **self.hooks.status_fields(),
@@ -242,11 +245,25 @@ class Listener:
         c = self.counters
         c.samples_in += len(block)
         c.level_dbfs = dbfs(block)
+        self._watch_silence(block)
         self.hooks.on_audio(block, segment.position)  # before scoring: clips need its audio
         starts, scores = segment.scorer.push(block)
         segment.seen += len(block)
         c.windows += len(scores)
         self._deliver(merger.push(starts + segment.base, scores), stream_start)
+
+    def _watch_silence(self, block: np.ndarray) -> None:
+        name = self.source.name
+        for run in self.silence.push(block):
+            start_s, length_s = run.start / SAMPLE_RATE, run.length / SAMPLE_RATE
+            if run.ended:
+                say(f"input {name!r}: signal back after {length_s:.1f} s of digital silence")
+            else:
+                say(
+                    f"input {name!r}: digital silence (every sample 0) since {start_s:.1f} s "
+                    f"into the stream; no call can be heard: check the hydrophone, its preamp "
+                    f"and the card's gain"
+                )
 
     # -- device recovery ------------------------------------------------------------------------
     def _recover(self, reopen: Callable[[], object], last_audio: float) -> bool:

@@ -65,6 +65,7 @@ STATUS_FIELDS = (
     "events",
     "dropped_samples",
     "level_dbfs",
+    "silent_s",
     "lag_s",
 )
 
@@ -365,6 +366,7 @@ def test_heartbeat_status_message(tmp_path, tiny_model):
     assert isinstance(status["windows_scored"], int) and isinstance(status["events"], int)
     assert status["dropped_samples"] == 0
     assert status["level_dbfs"] is None or status["level_dbfs"] <= 0
+    assert status["silent_s"] == 0  # noise, never digital silence
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -683,6 +685,44 @@ def test_file_shorter_than_one_window_is_a_note(tmp_path, tiny_model):
     assert result.exit_code == 0
     assert "short.wav" in result.stderr and "shorter than one" in result.stderr
     assert "error" not in result.stderr
+
+
+def test_short_truncated_file_is_an_error_not_a_note(tmp_path, tiny_model):
+    whole = tmp_path / "whole.wav"
+    write_noise(whole, seconds=10)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: 44 + SR * 2])  # 1 s of a 10-s file
+    result = invoke(*replay_args(cut, tiny_model, tmp_path / "e.jsonl"))
+    assert result.exit_code != 0
+    assert_one_error(result.stderr, "cut.wav", "truncated")
+
+
+def test_silent_recording_is_an_error(tmp_path, tiny_model):
+    silent = tmp_path / "dead.flac"
+    sf.write(silent, np.zeros(15 * SR, dtype=np.float32), SR)
+    result = invoke(*replay_args(silent, tiny_model, tmp_path / "e.jsonl"))
+    assert result.exit_code != 0
+    assert_one_error(result.stderr, "dead.flac", "digital silence", only=False)
+    assert "dead.flac': digital silence (every sample 0) since 0.0 s" in result.stderr
+
+
+def test_silence_inside_a_recording_is_said_and_its_events_kept(tmp_path, tiny_model):
+    good = tmp_path / "good.wav"
+    write_synthetic(good, seed=21, seconds=60, calls=3, lookalikes=2)
+    expected = replay(good, tiny_model, tmp_path / "good.jsonl")
+    audio, _ = sf.read(good, dtype="float32")
+    hole = slice(40 * SR, 52 * SR)
+    audio[hole] = 0.0
+    gappy = tmp_path / "gappy.wav"
+    sf.write(gappy, audio, SR, subtype="PCM_16")
+    before = [event_key(e) for e in expected if e["offset_end_s"] < 38]
+    assert before, "no event before the hole: pick another seed"
+    log = tmp_path / "gappy.jsonl"
+    result = invoke(*replay_args(gappy, tiny_model, log, "--start-time", "2024-01-01T00:00:00"))
+    assert result.exit_code == 0, result.stderr
+    assert "gappy.wav': digital silence (every sample 0) since 40.0 s" in result.stderr
+    assert "gappy.wav': signal back after 12.0 s of digital silence" in result.stderr
+    assert [event_key(e) for e in read_events(log)][: len(before)] == before
 
 
 def test_signal_while_waiting_for_subscribers_exits_cleanly(tmp_path, tiny_model):

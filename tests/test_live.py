@@ -180,3 +180,35 @@ def test_a_hung_card_is_reopened_and_detection_resumes(tmp_path, alsa_env, shipp
     for got, want in zip(after, expected, strict=True):
         shifted = got["offset_start_s"] - gap_s - len(first) / SR
         assert abs(shifted - want["offset_start_s"]) <= 1.0, (got, want)
+
+
+def test_a_card_sending_zeros_is_reported_and_its_return_too(tmp_path, alsa_env, tiny_model):
+    fifo, env = alsa_env
+    rng = np.random.default_rng(4)
+    noise = [0.1 * synth.noise(rng, 4 * SR).astype(np.float32) for _ in range(2)]
+    audio = np.concatenate([noise[0], np.zeros(12 * SR, dtype=np.float32), noise[1]])
+
+    endpoint = f"ipc://{tmp_path}/live.sock"
+    subscriber = Subscriber(endpoint, ("status",))
+    subscriber.start()
+    feeder = FifoFeeder(fifo, audio, speed=SPEED, chunk_frames=CHUNK)
+    daemon = start_daemon(tmp_path, env, tiny_model, endpoint)
+    try:
+        subscriber.until(lambda m: m[0] == "status")
+        feeder.start()
+        silent = subscriber.until(lambda m: m[1]["silent_s"] >= 10)[-1][1]
+        back = subscriber.until(lambda m: m[1]["samples_in"] >= len(audio) + SR)[-1][1]
+        stderr = stop_daemon(daemon)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        feeder.stop()
+        subscriber.stop()
+    assert daemon.returncode == 0, stderr
+    assert silent["source_state"] == "up"  # the card delivers samples: it is not down
+    assert back["silent_s"] < 10  # the feeder's own zeros after the audio: under a second or two
+    lines = stderr.splitlines()
+    assert (
+        sum("'hydrophone': digital silence (every sample 0) since 4.0 s" in x for x in lines) == 1
+    )
+    assert sum("'hydrophone': signal back after 12.0 s of digital silence" in x for x in lines) == 1
