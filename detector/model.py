@@ -123,6 +123,8 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
     card = load_card(path)
     if card.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
         raise WhaleError(f"model {path} expects {card['sample_rate']} Hz, not {SAMPLE_RATE} Hz")
+    sha256 = sha256_file(path)
+    _check_sha(path, sha256, card.get("sha256"), card_path(path))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -132,21 +134,42 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
     frames_session = head_session = None
     streaming = card.get("streaming")
     if isinstance(streaming, dict):
-        frames_session = _session(path.parent / str(streaming.get("frames")), options, providers)
-        head_session = _session(path.parent / str(streaming.get("head")), options, providers)
+        halves = []
+        for half in ("frames", "head"):
+            half_path = path.parent / str(streaming.get(half))
+            if half_path.is_file():
+                _check_sha(
+                    half_path,
+                    sha256_file(half_path),
+                    streaming.get(f"{half}_sha256"),
+                    card_path(path),
+                )
+            halves.append(_session(half_path, options, providers))
+        frames_session, head_session = halves
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].shape[-1] != WINDOW_SAMPLES:
         raise WhaleError(f"model {path} does not take [batch, {WINDOW_SAMPLES}] samples")
     return Model(
         path=path,
         card=card,
-        sha256=sha256_file(path),
+        sha256=sha256,
         provider=session.get_providers()[0],
         session=session,
         input_name=inputs[0].name,
         frames_session=frames_session,
         head_session=head_session,
     )
+
+
+def _check_sha(path: Path, actual: str, expected: object, card: Path) -> None:
+    """A file that is not the one its card describes (a half-copied update, a bit flip, a model
+    swapped under an old card) could still load and then score with the wrong threshold or
+    the wrong half: refuse it rather than publish its events under the card's name."""
+    if expected is not None and actual != expected:
+        raise WhaleError(
+            f"model file {path} does not match its card {card} (sha256 {actual[:12]}, "
+            f"card says {str(expected)[:12]}): reinstall or re-export the model"
+        )
 
 
 def _session(path: Path, options: object, providers: list[str]) -> object:

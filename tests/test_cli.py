@@ -605,6 +605,28 @@ def test_unusable_model_is_one_line(tmp_path, kind):
     assert_one_error(result.stderr, "model.onnx")
 
 
+@pytest.mark.parametrize("changed", ["tiny.onnx", "tiny.frames.onnx", "tiny.head.onnx"])
+def test_model_file_that_is_not_the_one_its_card_describes_is_refused(
+    tmp_path, tiny_model, changed
+):
+    """A swapped or altered file still loads in onnxruntime; only its card's sha256 tells."""
+    import shutil
+
+    import onnx
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model.parent, copy)
+    target = copy / changed
+    graph = onnx.load(target)
+    graph.doc_string = "altered"  # same weights, other bytes: a valid model, not the card's
+    onnx.save(graph, target)
+    result = invoke(
+        *replay_args(_stereo(tmp_path / "s.wav"), copy / "tiny.onnx", tmp_path / "e.jsonl")
+    )
+    assert result.exit_code != 0
+    assert_one_error(result.stderr, changed, "does not match its card", "tiny.json")
+
+
 def test_endpoint_in_use_is_one_line(tmp_path, tiny_model):
     context = zmq.Context()
     taken = context.socket(zmq.PUB)
