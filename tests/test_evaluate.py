@@ -1,4 +1,5 @@
-"""Event AP: the one-number summary of the event precision-recall curve used to compare recipes."""
+"""Event AP (the one-number summary of the event precision-recall curve used to compare recipes)
+and the intervals printed beside recall and precision."""
 
 import math
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from train.data import Recording
-from train.evaluate import HOP, Scored, event_ap
+from train.evaluate import HOP, Scored, event_ap, event_row, interval_line, wilson_interval
 
 N_WINDOWS = 40
 
@@ -52,3 +53,23 @@ def test_background_events_stay_out_of_precision():
 
 def test_no_calls_gives_nan():
     assert math.isnan(event_ap([scored([], {3: 0.9})], []))
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(16, 18)
+    assert math.isclose(lo, 0.6720, abs_tol=1e-4) and math.isclose(hi, 0.9690, abs_tol=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and math.isclose(
+        wilson_interval(0, 10)[1], 0.2775, abs_tol=1e-4
+    )
+    assert wilson_interval(10, 10)[1] == 1.0
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_interval_line_counts_hits_and_calls_of_the_row():
+    # threshold 0.85: events at windows 5 (a call) and 33 (a false alarm); the call at 20 missed
+    sc = scored([5, 20], {5: 0.9, 20: 0.3, 33: 0.95})
+    row = event_row([sc], [], 0.85)
+    assert (row["found"], row["calls"], row["hits"], row["events"]) == (1, 2, 1, 2)
+    line = interval_line(row)
+    assert line.startswith("At 0.85: recall 1/2 = 0.500 (95 % interval 0.09-0.91)")
+    assert "precision 1/2 = 0.500 (95 % interval 0.09-0.91)" in line

@@ -199,7 +199,7 @@ def evaluate_and_report(model_paths: list[Path], sets: Datasets, out: Path) -> d
     """CNN (through onnxruntime, as deployed; several models: their mean logit) and the classical
     baseline on the held-out split."""
     from train.baseline import TemplateBaseline
-    from train.evaluate import choose_threshold, evaluate, format_table
+    from train.evaluate import choose_threshold, evaluate, format_table, interval_line
     from train.report import (
         mistakes,
         plot_gallery,
@@ -231,6 +231,8 @@ def evaluate_and_report(model_paths: list[Path], sets: Datasets, out: Path) -> d
         f"chosen threshold {chosen['threshold']}",
         "",
         format_table(cnn["table"]),
+        "",
+        interval_line(chosen),
         "",
         f"## Template-correlation baseline: clip AUC {base['clip_auc']}; "
         f"event AP {base['event_ap']}; best threshold {base_chosen['threshold']}",

@@ -132,6 +132,7 @@ def event_row(annotated: list[Scored], background: list[Scored], threshold: floa
         "found": n_found,
         "recall": round(recall, 4),
         "events": n_events,
+        "hits": n_hits,
         "precision": round(precision, 4),
         "f1": round(f1, 4),
         "false_alarms_per_hour": round((n_events - n_hits) / ann_hours, 2) if ann_hours else None,
@@ -177,6 +178,29 @@ def evaluate(
         "table": [event_row(scored_ann, scored_bg, t) for t in thresholds],
         "scored": scored_ann + scored_bg,
     }
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % score interval of a proportion k/n (Wilson): with a few dozen calls a recall or
+    precision is known only to about +-0.1, and the report should say so beside the number."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def interval_line(row: dict) -> str:
+    """One sentence: the row's recall and precision with their 95 % intervals."""
+    hits = row["hits"]
+    r_lo, r_hi = wilson_interval(row["found"], row["calls"])
+    p_lo, p_hi = wilson_interval(hits, row["events"])
+    return (
+        f"At {row['threshold']}: recall {row['found']}/{row['calls']} = {row['recall']:.3f} "
+        f"(95 % interval {r_lo:.2f}-{r_hi:.2f}), precision {hits}/{row['events']} = "
+        f"{row['precision']:.3f} (95 % interval {p_lo:.2f}-{p_hi:.2f})."
+    )
 
 
 def choose_threshold(table: list[dict], bar: float = 0.85, max_bg_fa: float = 5.0) -> dict:
