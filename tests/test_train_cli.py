@@ -87,3 +87,32 @@ def test_evaluate_only_a_recording_not_loaded(tmp_path):
     args = ["evaluate", "--data", str(tmp_path / "calls.csv"), "--only", "other.wav"]
     result = CliRunner().invoke(main, args + ["--out", str(tmp_path / "out")])
     assert_one_line(result.exit_code, result.stderr, "--only", "other.wav")
+
+
+def test_demo_writes_a_recording_and_the_csv_of_its_calls(tmp_path):
+    path = tmp_path / "demo.wav"
+    result = CliRunner().invoke(
+        main, ["demo", str(path), "--seconds", "30", "--calls", "2", "--lookalikes", "1"]
+    )
+    assert result.exit_code == 0, result.stderr
+    audio, rate = sf.read(path)
+    assert rate == SR and len(audio) == 30 * SR
+    rows = path.with_suffix(".csv").read_text().splitlines()
+    assert rows[0] == "filename,start,end,label" and len(rows) == 3
+    for row in rows[1:]:
+        name, start, end, label = row.split(",")
+        assert name == "demo.wav" and 0 < float(start) < float(end) < 30 and label == "upcall"
+
+
+@pytest.mark.parametrize(
+    "name, args, words",
+    [
+        ("crowded.flac", ["--seconds", "10", "--calls", "8"], ["crowded.flac", "--seconds"]),
+        ("demo.xyz", [], ["demo.xyz", ".flac"]),
+        ("demo.csv", [], ["demo.csv", ".flac"]),  # would be overwritten by its own annotations
+    ],
+)
+def test_demo_that_cannot_be_made_is_one_line(tmp_path, name, args, words):
+    result = CliRunner().invoke(main, ["demo", str(tmp_path / name), *args])
+    assert_one_line(result.exit_code, result.stderr, *words)
+    assert not (tmp_path / name).exists()

@@ -340,10 +340,19 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     from train.synth import synthetic_recording
 
     rng = np.random.default_rng(seed)
-    audio, planted = synthetic_recording(rng, seconds, calls, n_lookalikes=lookalikes)
-    sf.write(path, audio, 2000, subtype="PCM_16")
+    try:
+        audio, planted = synthetic_recording(rng, seconds, calls, n_lookalikes=lookalikes)
+    except ValueError:
+        fail(
+            f"{path}: {calls} calls and {lookalikes} look-alikes do not fit in {seconds:g} s "
+            f"with room between them: give more --seconds or fewer --calls/--lookalikes"
+        )
     rows = ["filename,start,end,label"] + [
         f"{path.name},{s:.3f},{e:.3f},upcall" for s, e in planted
     ]
-    path.with_suffix(".csv").write_text("\n".join(rows) + "\n")
+    try:
+        sf.write(path, audio, 2000, subtype="PCM_16")
+        path.with_suffix(".csv").write_text("\n".join(rows) + "\n")
+    except (sf.LibsndfileError, TypeError, ValueError, OSError) as e:
+        fail(f"cannot write {path}: {e} (use a .flac, .wav or .aiff name in a writable folder)")
     click.echo(f"wrote {path} ({seconds:.0f} s, {len(planted)} up-calls) and its annotations")
