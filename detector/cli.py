@@ -330,12 +330,20 @@ def run(settings: Settings) -> int:
         f"done: {audio_s:.1f} s of audio, {speed}, {counters.events} event(s), "
         f"{listener.dropped if listener.source else 0} dropped sample(s)"
     )
+    if log.pending:  # the disk never took them: the last place left is standard output
+        for line in log.pending:
+            sys.stdout.write(line.decode("utf-8"))
+        sys.stdout.flush()
+        say(
+            f"error: cannot write event log {settings.events_log}: {log.error}; "
+            f"{len(log.pending)} event(s) published but never logged are on standard output"
+        )
     if error is not None:
         message = (
             str(error) if isinstance(error, WhaleError) else f"{type(error).__name__}: {error}"
         )
         raise WhaleError(message)
-    return 0
+    return 2 if log.pending else 0
 
 
 @main.command("subscribe")

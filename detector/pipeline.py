@@ -113,6 +113,7 @@ class Listener:
         self.source_state = "up"
         self._retired_dropped = 0  # ring drops of sources replaced after an outage
         self._pending_gap = 0  # samples lost since the last delivered event
+        self._log_failing = False
         self._stop = threading.Event()
         self._next_beat = 0.0
 
@@ -143,9 +144,20 @@ class Listener:
                 event["gap_before_s"] = round(self._pending_gap / SAMPLE_RATE, 3)
                 self._pending_gap = 0
             self.hooks.on_event(event, raw)
-            self.log.append(event)  # durable first
-            self.publisher.send("upcall", event)
+            self._log_state(self.log.append(event))  # durable first
+            self.publisher.send("upcall", event)  # even when the log failed: it is held in memory
             self.counters.events += 1
+
+    def _log_state(self, logged: bool) -> None:
+        """Say once when the log starts failing (disk full) and once when it recovers."""
+        if not logged and not self._log_failing:
+            say(
+                f"cannot write event log {self.log.path}: {self.log.error}; events are still "
+                f"published, and held in memory until the log can take them"
+            )
+        elif logged and self._log_failing:
+            say(f"event log {self.log.path} is writable again: the held events are in it")
+        self._log_failing = not logged
 
     @property
     def dropped(self) -> int:
@@ -169,6 +181,7 @@ class Listener:
             "windows_scored": c.windows,
             "events": c.events,
             "last_seq": self.seq,
+            "unlogged_events": len(self.log.pending),
             "dropped_samples": self.dropped,
             "outages": c.outages,
             "level_dbfs": round(c.level_dbfs, 1) if math.isfinite(c.level_dbfs) else None,

@@ -35,20 +35,28 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class EventLog:
-    """Append-only JSON-lines event log; each event is on disk before `append` returns."""
+    """Append-only JSON-lines event log; an event is on disk when `append` returns True.
+
+    A write that fails (disk full, I/O error) must not cost the event nor the log: the file is cut
+    back to its last whole line, the event is held in memory and written, in order, with the next
+    one (or at close). The caller still publishes it and says that the log is failing.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.pending: list[bytes] = []  # encoded events not yet on disk, oldest first
+        self.error: str | None = None  # why the last write failed, while the log is failing
+        self._fd: int | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             created = not self.path.exists()
-            self._file = open(self.path, "ab")  # held open for the daemon's life
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             if created:
                 _fsync_dir(self.path.parent)  # the new file's name must survive a crash too
             self._repair_torn_tail()
         except OSError as exc:
-            if getattr(self, "_file", None) is not None:
-                self._file.close()
+            if self._fd is not None:
+                os.close(self._fd)
             raise WhaleError(f"cannot open event log {self.path}: {exc.strerror or exc}") from exc
 
     def _repair_torn_tail(self) -> None:
@@ -56,7 +64,7 @@ class EventLog:
 
         Such a line was never fsync'ed, so never published: nothing a subscriber saw is lost.
         """
-        size = self._file.tell()
+        size = os.fstat(self._fd).st_size
         if size == 0:
             return
         with open(self.path, "rb") as existing:
@@ -71,29 +79,56 @@ class EventLog:
         except ValueError:
             complete = False
         if complete or (cut == 0 and len(tail) < size):
-            self._file.write(b"\n")  # a whole event missing only its newline: keep it
+            _write_all(self._fd, b"\n")  # a whole event missing only its newline: keep it
         else:
-            self._file.truncate(size - len(tail) + cut)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+            os.ftruncate(self._fd, size - len(tail) + cut)
+        os.fsync(self._fd)
 
-    def append(self, event: dict) -> None:
-        """Write one line and fsync it: durable before it is published."""
+    def append(self, event: dict) -> bool:
+        """Write one line (after any held back) and fsync it; False if it is held in memory."""
+        self.pending.append(_encode(event) + b"\n")
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write the held events; True when none is left in memory."""
+        if not self.pending:
+            return True
+        size = None
         try:
-            self._file.write(_encode(event) + b"\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            size = os.fstat(self._fd).st_size
+            _write_all(self._fd, b"".join(self.pending))
+            os.fsync(self._fd)
         except OSError as exc:
-            raise WhaleError(f"cannot write event log {self.path}: {exc.strerror or exc}") from exc
+            self.error = exc.strerror or str(exc)
+            if size is not None:
+                try:
+                    os.ftruncate(self._fd, size)  # no torn line for the next write to follow
+                except OSError:
+                    pass  # not a regular file (or the disk is gone): nothing more to do here
+            return False
+        self.pending.clear()
+        self.error = None
+        return True
 
     def close(self) -> None:
-        self._file.close()
+        """Last try for held events (see `pending` after), then close."""
+        if self._fd is None:
+            return
+        self.flush()
+        os.close(self._fd)
+        self._fd = None
 
     def __enter__(self) -> "EventLog":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def read_events(path: Path) -> list[dict]:

@@ -709,6 +709,34 @@ def test_file_shorter_than_one_window_is_a_note(tmp_path, tiny_model):
     assert "error" not in result.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_full_disk_still_publishes_every_event_and_prints_them_at_exit(tmp_path, tiny_model):
+    """/dev/full opens but every write fails with ENOSPC: a log on a disk that filled up."""
+    recording = tmp_path / "synthetic.wav"
+    write_synthetic(recording, seed=21, seconds=60, calls=3, lookalikes=2)
+    expected = replay(recording, tiny_model, tmp_path / "good.jsonl")
+    assert expected, "the tiny model found nothing in the synthetic recording"
+    endpoint = f"ipc://{tmp_path}/full.sock"
+    subscriber = Subscriber(endpoint, ("upcall",))
+    subscriber.start()
+    try:
+        daemon = subprocess.run(
+            [*DAEMON, "--replay", recording, "--model", tiny_model, "--events-log", "/dev/full",
+             "--publish", endpoint, "--wait-subscribers", "1", "--station", "test-station",
+             "--start-time", "2024-01-01T00:00:00"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        received = subscriber.until(lambda m: m[1]["seq"] == len(expected))
+    finally:
+        subscriber.stop()
+    assert daemon.returncode == 2
+    assert_one_error(daemon.stderr, "/dev/full", f"{len(expected)} event(s)", only=False)
+    assert sum("events are still published" in x for x in daemon.stderr.splitlines()) == 1
+    printed = [json.loads(line) for line in daemon.stdout.splitlines()]
+    assert [event_key(e) for e in printed] == [event_key(e) for e in expected]
+    assert [m[1] for m in received] == printed  # what subscribers got is what was kept
+
+
 def test_short_truncated_file_is_an_error_not_a_note(tmp_path, tiny_model):
     whole = tmp_path / "whole.wav"
     write_noise(whole, seconds=10)

@@ -169,3 +169,50 @@ def test_event_log_unopenable_path_is_whale_error_naming_it(tmp_path):
     blocker.write_text("")
     with pytest.raises(WhaleError, match=f"cannot open event log {blocker}/events.jsonl"):
         EventLog(blocker / "events.jsonl")
+
+
+class FullDisk:
+    """os.write that fails with ENOSPC after `room` bytes, until `free()` (a disk filling up)."""
+
+    def __init__(self, monkeypatch, room: int) -> None:
+        self.room = room
+        self.real = os.write
+        monkeypatch.setattr(os, "write", self)
+
+    def __call__(self, fd: int, data) -> int:
+        if self.room is None:
+            return self.real(fd, data)
+        n = self.real(fd, bytes(data[: self.room]))  # part of a line reaches the disk
+        self.room -= n
+        if n < len(data):
+            raise OSError(28, "No space left on device")
+        return n
+
+    def free(self) -> None:
+        self.room = None
+
+
+def test_event_log_on_a_full_disk_keeps_whole_lines_and_holds_events(tmp_path, monkeypatch):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    assert log.append({"seq": 1})
+    disk = FullDisk(monkeypatch, room=5)
+    assert not log.append({"seq": 2, "pad": "x" * 50})
+    assert not log.append({"seq": 3})
+    assert log.error == "No space left on device" and len(log.pending) == 2
+    assert path.read_bytes() == b'{"seq":1}\n'  # the torn part was cut off again
+    disk.free()
+    assert log.append({"seq": 4})
+    assert log.pending == [] and log.error is None
+    log.close()
+    assert [e["seq"] for e in read_events(path)] == [1, 2, 3, 4]
+
+
+def test_event_log_close_writes_what_it_still_holds(tmp_path, monkeypatch):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    disk = FullDisk(monkeypatch, room=0)
+    assert not log.append({"seq": 1})
+    disk.free()
+    log.close()
+    assert log.pending == [] and read_events(path) == [{"seq": 1}]
