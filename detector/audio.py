@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from detector.constants import SAMPLE_RATE
+from detector.constants import MIN_INPUT_RATE, SAMPLE_RATE
 from detector.errors import WhaleError
 
 STOPBAND_DB = 80.0  # alias rejection of the resampling filter
@@ -153,6 +153,13 @@ def _open(path: str | Path, keep_truncated: bool = False) -> sf.SoundFile:
     if handle.frames <= 0:
         handle.close()
         raise WhaleError(f"{path}: empty audio file (0 frames)")
+    if handle.samplerate < MIN_INPUT_RATE:
+        rate = handle.samplerate
+        handle.close()
+        raise WhaleError(
+            f"{path}: sampled at {rate} Hz, too low to hold up-calls (the models look at "
+            f"30-400 Hz; at least {MIN_INPUT_RATE} Hz is needed)"
+        )
     handle.truncation = None
     for declared, present in _SHORT_CHUNK.findall(handle.extra_info):
         if int(present) < int(declared) and int(declared) not in _UNFINISHED_SIZES:

@@ -155,6 +155,18 @@ def test_truncated_flac(tmp_path: Path) -> None:
         read_audio(path)
 
 
+def test_rate_too_low_to_hold_up_calls(tmp_path: Path) -> None:
+    path = tmp_path / "slow.wav"
+    sf.write(path, sine(100, 500, 4.0), 500, subtype="PCM_16")
+    with pytest.raises(WhaleError, match="slow.wav: sampled at 500 Hz.*800 Hz"):
+        read_audio(path)
+    with pytest.raises(WhaleError, match="slow.wav"):
+        audio_info(path)
+    ok = tmp_path / "archive_1k.wav"  # a 1 kHz archive still holds 30-400 Hz
+    sf.write(ok, sine(100, 1000, 4.0), 1000, subtype="PCM_16")
+    assert len(read_audio(ok)) == 4 * SAMPLE_RATE
+
+
 def test_nan_samples(tmp_path: Path) -> None:
     x = sine(100, SAMPLE_RATE, 2.0)
     x[1234] = np.nan

@@ -539,6 +539,11 @@ def _stereo(path: Path) -> Path:
     return path
 
 
+def _low_rate(path: Path) -> Path:
+    sf.write(path, np.full(5000, 0.1, dtype=np.float32), 500)  # 10 s: long enough, too coarse
+    return path
+
+
 def _config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -550,6 +555,10 @@ START_UP_FAILURES = {
     "missing file": (lambda t: ["--replay", t / "nofile.wav"], ["nofile.wav"]),
     "empty file": (lambda t: ["--replay", _bytes(t / "empty.wav", b"")], ["empty.wav"]),
     "corrupt file": (lambda t: ["--replay", _bytes(t / "junk.wav", NOISE)], ["junk.wav"]),
+    "sample rate too low for up-calls": (
+        lambda t: ["--replay", _low_rate(t / "slow.wav")],
+        ["slow.wav", "500 Hz", "800 Hz"],
+    ),
     "channel out of range": (
         lambda t: ["--replay", _stereo(t / "stereo.wav"), "--channel", "5"],
         ["stereo.wav", "channel 5"],
