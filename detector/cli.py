@@ -7,6 +7,7 @@ and whatever was detected before it is already in the event log.
 """
 
 import json
+import math
 import signal
 import sys
 from datetime import UTC, datetime
@@ -17,6 +18,18 @@ import click
 from detector import __version__
 from detector.errors import WhaleError
 from detector.settings import DEFAULT_ENDPOINT, Settings, load_config, parse_time
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange, also refusing nan and inf: nan passes every bound (comparisons with it
+    are false), and a nan threshold would never fire while a nan hop crashes."""
+
+    def convert(self, value: object, param: object, ctx: object) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
 
 EXIT_ERROR = 2
 
@@ -96,12 +109,12 @@ def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
 )
 @click.option(
     "--hop",
-    type=click.FloatRange(0, 2, min_open=True),
+    type=FiniteFloatRange(0, 2, min_open=True),
     help="Seconds between 2-s windows.  [default: 0.5]",
 )
 @click.option(
     "--threshold",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     help="Event threshold on the up-call probability.  [default: the model card's]",
 )
 @click.option(
@@ -127,7 +140,7 @@ def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
 )
 @click.option(
     "--heartbeat",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloatRange(0, min_open=True),
     help="Seconds between status messages.  [default: 10]",
 )
 @click.option(
@@ -142,7 +155,7 @@ def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
 )
 @click.option(
     "--linger",
-    type=click.FloatRange(0),
+    type=FiniteFloatRange(0),
     help="Seconds to deliver the last events before exit.  [default: 2]",
 )
 @click.option(
@@ -152,17 +165,17 @@ def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
 )
 @click.option(
     "--min-free-mb",
-    type=click.FloatRange(0),
+    type=FiniteFloatRange(0),
     help="Skip clips when the disk has less free space than this (MiB).  [default: 100]",
 )
 @click.option(
     "--stall-timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloatRange(0, min_open=True),
     help="Device: seconds without audio before the card counts as down.  [default: 10]",
 )
 @click.option(
     "--retry-max",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloatRange(0, min_open=True),
     help="Device: longest wait (s) between attempts to reopen a lost card.  [default: 30]",
 )
 @click.option(
@@ -353,7 +366,7 @@ def run(settings: Settings) -> int:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloatRange(0, min_open=True),
     default=None,
     help="Exit after this many seconds without a message.",
 )

@@ -4,6 +4,7 @@ The command line and the config file name the same settings (`--events-log` = `e
 the command line wins. A bad value or an unknown key is an error naming the key and the file.
 """
 
+import math
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -68,6 +69,8 @@ def _number(
         raise ValueError(f"expected a number, got {value!r}")
     if kind is int and not isinstance(value, int):
         raise ValueError(f"expected an integer, got {value!r}")
+    if not math.isfinite(value):  # TOML has nan and inf, and nan passes every bound below
+        raise ValueError(f"expected a finite number, got {value}")
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ValueError(f"must be {'>' if lo_open else '>='} {lo}, got {value}")
     if hi is not None and value > hi:

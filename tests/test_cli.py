@@ -555,6 +555,15 @@ START_UP_FAILURES = {
     "missing file": (lambda t: ["--replay", t / "nofile.wav"], ["nofile.wav"]),
     "empty file": (lambda t: ["--replay", _bytes(t / "empty.wav", b"")], ["empty.wav"]),
     "corrupt file": (lambda t: ["--replay", _bytes(t / "junk.wav", NOISE)], ["junk.wav"]),
+    "nan threshold": (
+        lambda t: ["--replay", _stereo(t / "s.wav"), "--threshold", "nan"],
+        ["--threshold", "finite"],
+    ),
+    "nan hop": (lambda t: ["--replay", _stereo(t / "s.wav"), "--hop", "nan"], ["--hop", "finite"]),
+    "infinite heartbeat": (
+        lambda t: ["--replay", _stereo(t / "s.wav"), "--heartbeat", "inf"],
+        ["--heartbeat", "finite"],
+    ),
     "sample rate too low for up-calls": (
         lambda t: ["--replay", _low_rate(t / "slow.wav")],
         ["slow.wav", "500 Hz", "800 Hz"],

@@ -115,6 +115,12 @@ def test_times_without_zone_are_utc_and_a_single_endpoint_is_a_list(tmp_path):
         ("blocksize = -1", "blocksize"),
         ("blocksize = 0.5", "blocksize"),
         ("device = true", "device"),
+        ("threshold = nan", "threshold"),  # nan passes every bound: it would never fire
+        ("hop = nan", "hop"),
+        ("heartbeat = inf", "heartbeat"),
+        ("linger = inf", "linger"),
+        ("min_free_mb = nan", "min_free_mb"),
+        ("stall_timeout = -inf", "stall_timeout"),
     ],
 )
 def test_bad_value_names_key_and_file(tmp_path, line, key):

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from detector.cli import FiniteFloatRange
 from detector.errors import WhaleError
 from detector.model import sha256_file
 from train.frontend import FrontEndConfig
@@ -91,7 +92,7 @@ def main() -> None:
 @click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
     "--threshold",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=None,
     help="Fix the card's threshold (e.g. the one chosen on a held-out run).",
 )
@@ -328,7 +329,7 @@ def evaluate_cmd(model_paths, data_paths, out, only, channel) -> None:
 
 @main.command("demo")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--seconds", type=click.FloatRange(10), default=120.0, show_default=True)
+@click.option("--seconds", type=FiniteFloatRange(10), default=120.0, show_default=True)
 @click.option("--calls", type=click.IntRange(0), default=6, show_default=True)
 @click.option("--lookalikes", type=click.IntRange(0), default=4, show_default=True)
 @click.option("--seed", type=int, default=2026, show_default=True)
