@@ -362,7 +362,11 @@ def run(settings: Settings) -> int:
 @main.command("subscribe")
 @click.argument("endpoint")
 @click.option(
-    "--topic", "topics", multiple=True, help="upcall or status; repeatable.  [default: all]"
+    "--topic",
+    "topics",
+    multiple=True,
+    type=click.Choice(["upcall", "status"]),
+    help="upcall or status; repeatable.  [default: all]",
 )
 @click.option(
     "--timeout",

@@ -645,6 +645,13 @@ def test_model_file_that_is_not_the_one_its_card_describes_is_refused(
     assert_one_error(result.stderr, changed, "does not match its card", "tiny.json")
 
 
+def test_subscribe_with_an_unknown_topic_is_one_line():
+    result = invoke("subscribe", "tcp://127.0.0.1:5556", "--topic", "upcalls", "--timeout", "0.1")
+    assert result.exit_code == 2
+    assert "'upcalls' is not one of 'upcall', 'status'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_endpoint_in_use_is_one_line(tmp_path, tiny_model):
     context = zmq.Context()
     taken = context.socket(zmq.PUB)
