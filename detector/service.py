@@ -15,6 +15,7 @@ from detector.constants import SAMPLE_RATE
 from detector.events import RawEvent
 from detector.notify import Notifier
 from detector.pipeline import Hooks
+from detector.silence import WARN_AFTER_S
 
 
 def status_line(status: dict) -> str:
@@ -26,6 +27,10 @@ def status_line(status: dict) -> str:
         f"level {level:.1f} dBFS" if isinstance(level, float) and math.isfinite(level) else None,
         f"{status['dropped_samples']} dropped sample(s)",
     ]
+    if status.get("silent_s", 0) >= WARN_AFTER_S:
+        parts.append(f"DIGITAL SILENCE for {status['silent_s']:.0f} s")
+    if status.get("unlogged_events"):
+        parts.append(f"EVENT LOG FAILING: {status['unlogged_events']} event(s) held in memory")
     clips = status.get("clips")
     if clips:
         parts.append(f"{clips['saved']} clip(s)")

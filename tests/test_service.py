@@ -190,6 +190,18 @@ def test_status_line_reports_disk_low():
     line = status_line(status)
     assert line.startswith("up: 10 s of audio, 2 event(s), level -30.0 dBFS")
     assert "1 clip(s)" in line and "disk low: 3 clip(s) skipped" in line
+    assert "SILENCE" not in line and "LOG" not in line
+
+
+def test_status_line_shouts_silence_and_a_failing_event_log():
+    status = {
+        "source_state": "up", "samples_in": 20000, "events": 2, "level_dbfs": None,
+        "dropped_samples": 0, "silent_s": 12.4, "unlogged_events": 2,
+    }  # fmt: skip
+    line = status_line(status)
+    assert "DIGITAL SILENCE for 12 s" in line
+    assert "EVENT LOG FAILING: 2 event(s) held in memory" in line
+    assert "SILENCE" not in status_line({**status, "silent_s": 9.9})
 
 
 # -- clips -----------------------------------------------------------------------------------------
