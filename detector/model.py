@@ -103,14 +103,29 @@ class Model:
         if len(windows) == 0:
             return np.zeros(0, dtype=np.float32)
         batch = np.ascontiguousarray(windows, dtype=np.float32)
-        return self.head_session.run(None, {"logmel": batch})[0].reshape(-1)
+        return self._checked(self.head_session.run(None, {"logmel": batch})[0], len(batch))
 
     def score(self, windows: np.ndarray) -> np.ndarray:
         """[batch, 4000] float32 -> probabilities [batch]."""
         if len(windows) == 0:
             return np.zeros(0, dtype=np.float32)
         batch = np.ascontiguousarray(windows, dtype=np.float32)
-        return self.session.run(None, {self.input_name: batch})[0].reshape(-1)
+        return self._checked(self.session.run(None, {self.input_name: batch})[0], len(batch))
+
+    def _checked(self, output: np.ndarray, n: int) -> np.ndarray:
+        """The contract, checked on every call (cheap next to the model): one probability per
+        window. A model exported with two softmax outputs, logits or NaN would otherwise merge
+        into wrong events, or none, without a word."""
+        scores = output.reshape(-1)
+        if scores.shape != (n,):
+            raise WhaleError(
+                f"model {self.path} returned shape {list(output.shape)} for {n} windows, not "
+                f"one up-call probability per window ([batch])"
+            )
+        if not np.all((scores >= 0) & (scores <= 1)):  # NaN fails both comparisons
+            bad = scores[~((scores >= 0) & (scores <= 1))][0]
+            raise WhaleError(f"model {self.path} returned {bad}, not a probability in [0, 1]")
+        return scores
 
 
 def load_model(path: Path | str | None = None, provider: str = "auto", threads: int = 0) -> Model:
@@ -149,7 +164,7 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].shape[-1] != WINDOW_SAMPLES:
         raise WhaleError(f"model {path} does not take [batch, {WINDOW_SAMPLES}] samples")
-    return Model(
+    model = Model(
         path=path,
         card=card,
         sha256=sha256,
@@ -159,6 +174,15 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
         frames_session=frames_session,
         head_session=head_session,
     )
+    # one tiny run now, so a model outside the contract fails at start-up, not mid-stream
+    try:
+        model.score(np.zeros((2, WINDOW_SAMPLES), dtype=np.float32))
+    except WhaleError:
+        raise
+    except Exception as e:  # onnxruntime raises several private exception types
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WhaleError(f"model {path} fails on a batch of 2 windows: {first_line}") from None
+    return model
 
 
 def _check_sha(path: Path, actual: str, expected: object, card: Path) -> None:

@@ -613,6 +613,42 @@ def test_start_up_failure_is_one_line(tmp_path, tiny_model, case):
     assert not log.exists() or read_events(log) == []
 
 
+def _off_contract_model(path: Path, kind: str) -> Path:
+    """A model that loads and runs but breaks the contract: [batch, 4000] -> probability [batch]."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["samples"], ["m"], axes=[1], keepdims=1)]
+    if kind == "two per window":  # the notebook's softmax pair
+        nodes.append(helper.make_node("Concat", ["m", "m"], ["out"], axis=1))
+    elif kind == "one for the batch":
+        nodes.append(helper.make_node("ReduceMean", ["m"], ["out"], axes=[0, 1], keepdims=0))
+    elif kind == "logits":
+        nodes += [helper.make_node("Constant", [], ["c"], value_float=3.0),
+                  helper.make_node("Add", ["m", "c"], ["out"])]  # fmt: skip
+    else:  # NaN: 0 / 0 on silence
+        nodes.append(helper.make_node("Div", ["m", "m"], ["out"]))
+    graph = helper.make_graph(
+        nodes,
+        "off-contract",
+        [helper.make_tensor_value_info("samples", TensorProto.FLOAT, ["batch", 4000])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["two per window", "one for the batch", "logits", "NaN"])
+def test_model_outside_the_contract_is_refused_at_start_up(tmp_path, kind):
+    model = _off_contract_model(tmp_path / "mine.onnx", kind)
+    recording = _stereo(tmp_path / "s.wav")
+    result = invoke(*replay_args(recording, model, tmp_path / "e.jsonl", "--threshold", "0.5"))
+    assert result.exit_code == 2
+    assert_one_error(result.stderr, "mine.onnx", "probability")
+
+
 @pytest.mark.parametrize("kind", ["missing", "corrupt"])
 def test_unusable_model_is_one_line(tmp_path, kind):
     model = tmp_path / "model.onnx"
