@@ -116,3 +116,21 @@ def test_demo_that_cannot_be_made_is_one_line(tmp_path, name, args, words):
     result = CliRunner().invoke(main, ["demo", str(tmp_path / name), *args])
     assert_one_line(result.exit_code, result.stderr, *words)
     assert not (tmp_path / name).exists()
+
+
+def test_unwritable_out_or_bad_metrics_card_fail_before_training(tmp_path):
+    """Both were found only after the training run, which takes 20 minutes."""
+    data = clip(tmp_path / "bg" / "noise.wav", seconds=5)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ["train", "--steps", "100000", "--data", str(data)]
+    result = CliRunner().invoke(main, [*args, "--out", str(blocker / "sub")])
+    assert_one_line(result.exit_code, result.stderr, "--out", "a-file")
+    card = tmp_path / "card.json"
+    card.write_text('{"metrics": 1}\n{"second": "object"}\n')
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path), "--metrics-from", str(card)])
+    assert_one_line(result.exit_code, result.stderr, "--metrics-from", "card.json")
+    result = CliRunner().invoke(
+        main, ["evaluate", "--data", str(data.parent), "--out", str(blocker / "sub")]
+    )
+    assert_one_line(result.exit_code, result.stderr, "--out", "a-file")

@@ -144,6 +144,9 @@ def train_cmd(
         from train.train import TrainConfig, train, train_ensemble
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
+        # everything that can fail without training fails now, not after the training run
+        writable_folder(out, "--out")
+        old_card = read_card(metrics_from) if metrics_from else None
         sets = Datasets(list(data_paths), set(holdout), channel)
         click.echo(sets.describe())
         np.random.seed(seed)
@@ -181,10 +184,9 @@ def train_cmd(
             "training_data": [{"file": p.name, "sha256": sha256_file(p)} for p in sets.files],
             "held_out": [r.path.name for r in sets.eval_ann + sets.eval_bg],
         }
-        if metrics_from:
-            old = json.loads(metrics_from.read_text())
-            fields["metrics"] = old.get("metrics")
-            fields["threshold_chosen_on"] = old.get("held_out")
+        if old_card is not None:
+            fields["metrics"] = old_card.get("metrics")
+            fields["threshold_chosen_on"] = old_card.get("held_out")
         if sets.eval_ann or sets.eval_bg:
             fields["metrics"] = evaluate_and_report([model_path], sets, out)
             fields["threshold_chosen_on"] = fields["held_out"]
@@ -194,6 +196,28 @@ def train_cmd(
         click.echo(f"wrote {model_path} and its card (threshold {card['threshold']})")
     except WhaleError as e:
         fail(str(e))
+
+
+def writable_folder(folder: Path, flag: str) -> None:
+    """Make the folder and prove a file can be written there."""
+    probe = folder / ".whale-train-write-test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise WhaleError(f"{flag} {folder}: cannot write there ({e.strerror or e})") from None
+
+
+def read_card(path: Path) -> dict:
+    """A model card (JSON object) to take held-out metrics from."""
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise WhaleError(f"--metrics-from {path}: not a readable model card ({e})") from None
+    if not isinstance(card, dict):
+        raise WhaleError(f"--metrics-from {path}: not a model card (no JSON object)")
+    return card
 
 
 def evaluate_and_report(model_paths: list[Path], sets: Datasets, out: Path) -> dict:
@@ -319,7 +343,7 @@ def evaluate_cmd(model_paths, data_paths, out, only, channel) -> None:
     """Evaluate a model and the baseline on recordings (all of them held out)."""
     try:
         sets = Datasets(list(data_paths), set(only) or None, channel, flag="--only")
-        out.mkdir(parents=True, exist_ok=True)
+        writable_folder(out, "--out")
         from detector.model import DEFAULT_MODEL
 
         evaluate_and_report(list(model_paths) or [DEFAULT_MODEL], sets, out)
