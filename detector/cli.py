@@ -12,12 +12,16 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from detector import __version__
 from detector.errors import WhaleError
 from detector.settings import DEFAULT_ENDPOINT, Settings, load_config, parse_time
+
+if TYPE_CHECKING:  # imported when run() needs it, after the CLI has parsed (start-up time)
+    from detector.publish import EventLog
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -328,6 +332,8 @@ def run(settings: Settings) -> int:
                         f"{settings.replay}: digital silence from start to end (every sample "
                         f"0): no call could be heard; check the recorder and its hydrophone"
                     )
+    except WhaleError as failure:  # mid-stream (a model breaking its contract): summed up below
+        error = failure
     finally:
         if settings.device is not None:
             source.stop(timeout=STOP_WAIT_S)  # a card stuck in its driver is abandoned
@@ -335,6 +341,7 @@ def run(settings: Settings) -> int:
             source.stop()
         publisher.close(linger_ms=int(settings.linger * 1000))
         log.close()
+        print_unlogged(log)  # first, so that an error mid-stream cannot lose them either
         for sig, handler in previous.items():  # run() may be embedded: leave signals as found
             signal.signal(sig, handler)
     audio_s = counters.samples_in / SAMPLE_RATE
@@ -343,20 +350,25 @@ def run(settings: Settings) -> int:
         f"done: {audio_s:.1f} s of audio, {speed}, {counters.events} event(s), "
         f"{listener.dropped if listener.source else 0} dropped sample(s)"
     )
-    if log.pending:  # the disk never took them: the last place left is standard output
-        for line in log.pending:
-            sys.stdout.write(line.decode("utf-8"))
-        sys.stdout.flush()
-        say(
-            f"error: cannot write event log {settings.events_log}: {log.error}; "
-            f"{len(log.pending)} event(s) published but never logged are on standard output"
-        )
+    unlogged = (
+        f"cannot write event log {settings.events_log}: {log.error}; {len(log.pending)} "
+        f"event(s) published but never logged are on standard output"
+    )
     if error is not None:
         message = (
             str(error) if isinstance(error, WhaleError) else f"{type(error).__name__}: {error}"
         )
-        raise WhaleError(message)
+        raise WhaleError(f"{message}; also, {unlogged}" if log.pending else message)
+    if log.pending:
+        say(f"error: {unlogged}")
     return 2 if log.pending else 0
+
+
+def print_unlogged(log: "EventLog") -> None:
+    """Events the disk never took go to standard output: the last place left to keep them."""
+    for line in log.pending:
+        sys.stdout.write(line.decode("utf-8"))
+    sys.stdout.flush()
 
 
 @main.command("subscribe")

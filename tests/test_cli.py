@@ -798,6 +798,44 @@ def test_full_disk_still_publishes_every_event_and_prints_them_at_exit(tmp_path,
     assert [m[1] for m in received] == printed  # what subscribers got is what was kept
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_full_disk_and_a_failure_mid_stream_still_print_the_unlogged_events(
+    tmp_path, tiny_model, monkeypatch, capsys
+):
+    """The stream ends in an error (here the model breaking its contract at 50 s) while the log
+    cannot be written: the events found before it must still reach standard output."""
+    from detector.errors import WhaleError
+    from detector.model import Model
+
+    recording = tmp_path / "synthetic.wav"
+    write_synthetic(recording, seed=21, seconds=60, calls=3, lookalikes=2)
+    expected = replay(recording, tiny_model, tmp_path / "good.jsonl", batch=4)
+    before = [event_key(e) for e in expected if e["offset_end_s"] < 45]
+    assert before, "no event before the failure: pick another seed"
+    checked = Model._checked
+    scored = {"windows": 0}
+
+    def breaks_at_50_s(self: Model, output: np.ndarray, n: int) -> np.ndarray:
+        scored["windows"] += n
+        if scored["windows"] > 100:  # windows 0.5 s apart
+            raise WhaleError("model broke")
+        return checked(self, output, n)
+
+    monkeypatch.setattr(Model, "_checked", breaks_at_50_s)
+    settings = Settings(
+        replay=recording, model=tiny_model, events_log=Path("/dev/full"), batch=4,
+        publish=("tcp://127.0.0.1:*",), linger=0.0, station="test-station",
+    )  # fmt: skip
+    with pytest.raises(WhaleError, match="model broke") as failure:
+        cli.run(settings)
+    out, _ = capsys.readouterr()
+    printed = [event_key(json.loads(line)) for line in out.splitlines()]
+    assert printed[: len(before)] == before
+    said = f"also, cannot write event log /dev/full: No space left on device; {len(printed)} event"
+    assert said in str(failure.value)
+    assert "published but never logged are on standard output" in str(failure.value)
+
+
 def test_short_truncated_file_is_an_error_not_a_note(tmp_path, tiny_model):
     whole = tmp_path / "whole.wav"
     write_noise(whole, seconds=10)
