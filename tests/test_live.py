@@ -8,6 +8,8 @@ the daemon is stopped (SIGTERM) before the feeder, as tests/alsa.py explains.
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,31 @@ def stop_daemon(daemon: subprocess.Popen) -> str:
     return stderr
 
 
+@contextmanager
+def live_daemon(
+    tmp_path: Path, env: dict, model: Path, feeder: FifoFeeder, *extra: str,
+    topics: tuple[str, ...] = ("",),
+) -> Iterator[tuple[subprocess.Popen, Subscriber]]:  # fmt: skip
+    """The daemon on the FIFO card with a subscriber; the feeder starts once the loop runs.
+
+    Whatever the test body does, the daemon is gone before the feeder stops (tests/alsa.py: a
+    closed FIFO floods the card with stale data).
+    """
+    endpoint = f"ipc://{tmp_path}/live.sock"
+    subscriber = Subscriber(endpoint, topics)
+    subscriber.start()
+    daemon = start_daemon(tmp_path, env, model, endpoint, *extra)
+    try:
+        subscriber.until(lambda m: m[0] == "status")  # the loop runs: the card is open
+        feeder.start()
+        yield daemon, subscriber
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        feeder.stop()
+        subscriber.stop()
+
+
 def test_device_publishes_the_events_of_a_replay_of_the_same_audio(
     tmp_path, alsa_env, shipped_model
 ):
@@ -89,22 +116,11 @@ def test_device_publishes_the_events_of_a_replay_of_the_same_audio(
     expected = replay(wav, shipped_model, tmp_path / "replay.jsonl")
     assert expected, "the model finds nothing in the recording: the comparison would be empty"
 
-    endpoint = f"ipc://{tmp_path}/live.sock"
-    subscriber = Subscriber(endpoint)
-    subscriber.start()
     feeder = FifoFeeder(fifo, audio, speed=SPEED, chunk_frames=CHUNK)  # holds the FIFO open
-    daemon = start_daemon(tmp_path, env, shipped_model, endpoint)
-    try:
-        subscriber.until(lambda m: m[0] == "status")  # the loop runs: the card is open
-        feeder.start()
+    with live_daemon(tmp_path, env, shipped_model, feeder) as (daemon, subscriber):
         # all the audio and 3 s of the feeder's silence after it: the last event is closed
         subscriber.until(lambda m: m[0] == "status" and m[1]["samples_in"] >= len(audio) + 3 * SR)
         stderr = stop_daemon(daemon)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        feeder.stop()
-        subscriber.stop()
     assert daemon.returncode == 0, stderr
     live = read_events(tmp_path / "live.jsonl")
     assert len(live) == len(expected), (live, expected)
@@ -144,27 +160,15 @@ def test_a_hung_card_is_reopened_and_detection_resumes(tmp_path, alsa_env, shipp
     expected = replay(wav, shipped_model, tmp_path / "replay.jsonl")
     assert expected, "the model finds nothing after the outage: nothing would be checked"
 
-    endpoint = f"ipc://{tmp_path}/live.sock"
-    subscriber = Subscriber(endpoint)
-    subscriber.start()
     feeder = PausingFeeder(fifo, first, second, speed=SPEED, chunk_frames=CHUNK)
-    daemon = start_daemon(
-        tmp_path, env, shipped_model, endpoint, "--stall-timeout", "1", "--retry-max", "1"
-    )
-    try:
-        subscriber.until(lambda m: m[0] == "status")
-        feeder.start()
+    options = ("--stall-timeout", "1", "--retry-max", "1")
+    with live_daemon(tmp_path, env, shipped_model, feeder, *options) as (daemon, subscriber):
         down = subscriber.until(lambda m: m[0] == "status" and m[1]["source_state"] == "down")
         before = down[-1][1]["samples_in"]
         feeder.resume.set()
         subscriber.until(lambda m: m[0] == "status" and m[1]["source_state"] == "up"
                          and m[1]["samples_in"] >= before + len(second) + 3 * SR)  # fmt: skip
         stderr = stop_daemon(daemon)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        feeder.stop()
-        subscriber.stop()
     assert daemon.returncode == 0, stderr
     assert before == len(first)  # everything before the hang was scored
     lines = stderr.splitlines()
@@ -188,22 +192,11 @@ def test_a_card_sending_zeros_is_reported_and_its_return_too(tmp_path, alsa_env,
     noise = [0.1 * synth.noise(rng, 4 * SR).astype(np.float32) for _ in range(2)]
     audio = np.concatenate([noise[0], np.zeros(12 * SR, dtype=np.float32), noise[1]])
 
-    endpoint = f"ipc://{tmp_path}/live.sock"
-    subscriber = Subscriber(endpoint, ("status",))
-    subscriber.start()
     feeder = FifoFeeder(fifo, audio, speed=SPEED, chunk_frames=CHUNK)
-    daemon = start_daemon(tmp_path, env, tiny_model, endpoint)
-    try:
-        subscriber.until(lambda m: m[0] == "status")
-        feeder.start()
-        silent = subscriber.until(lambda m: m[1]["silent_s"] >= 10)[-1][1]
-        back = subscriber.until(lambda m: m[1]["samples_in"] >= len(audio) + SR)[-1][1]
+    with live_daemon(tmp_path, env, tiny_model, feeder, topics=("status",)) as (daemon, sub):
+        silent = sub.until(lambda m: m[1]["silent_s"] >= 10)[-1][1]
+        back = sub.until(lambda m: m[1]["samples_in"] >= len(audio) + SR)[-1][1]
         stderr = stop_daemon(daemon)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        feeder.stop()
-        subscriber.stop()
     assert daemon.returncode == 0, stderr
     assert silent["source_state"] == "up"  # the card delivers samples: it is not down
     assert back["silent_s"] < 10  # the feeder's own zeros after the audio: under a second or two
