@@ -12,16 +12,12 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from detector import __version__
 from detector.errors import WhaleError
 from detector.settings import DEFAULT_ENDPOINT, Settings, load_config, parse_time
-
-if TYPE_CHECKING:  # imported when run() needs it, after the CLI has parsed (start-up time)
-    from detector.publish import EventLog
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -341,7 +337,10 @@ def run(settings: Settings) -> int:
             source.stop()
         publisher.close(linger_ms=int(settings.linger * 1000))
         log.close()
-        print_unlogged(log)  # first, so that an error mid-stream cannot lose them either
+        # events the disk never took: standard output is the last place left to keep them
+        # (here, so that an error mid-stream cannot lose them either)
+        sys.stdout.writelines(line.decode("utf-8") for line in log.pending)
+        sys.stdout.flush()
         for sig, handler in previous.items():  # run() may be embedded: leave signals as found
             signal.signal(sig, handler)
     audio_s = counters.samples_in / SAMPLE_RATE
@@ -362,13 +361,6 @@ def run(settings: Settings) -> int:
     if log.pending:
         say(f"error: {unlogged}")
     return 2 if log.pending else 0
-
-
-def print_unlogged(log: "EventLog") -> None:
-    """Events the disk never took go to standard output: the last place left to keep them."""
-    for line in log.pending:
-        sys.stdout.write(line.decode("utf-8"))
-    sys.stdout.flush()
 
 
 @main.command("subscribe")

@@ -132,10 +132,12 @@ def replay_args(recording: Path, model: Path, log: Path, *extra: object) -> list
     ]
 
 
+IN_PROCESS = dict(publish=("tcp://127.0.0.1:*",), linger=0.0, station="test-station")
+
+
 def replay(recording: Path, model: Path, log: Path, **settings: object) -> list[dict]:
     """`run()` on a file (in-process), returning the events it logged."""
-    base = dict(publish=("tcp://127.0.0.1:*",), linger=0.0, station="test-station")
-    base.update(settings)
+    base = {**IN_PROCESS, **settings}
     assert cli.run(Settings(replay=recording, model=model, events_log=log, **base)) == 0
     return read_events(log)
 
@@ -823,9 +825,8 @@ def test_full_disk_and_a_failure_mid_stream_still_print_the_unlogged_events(
 
     monkeypatch.setattr(Model, "_checked", breaks_at_50_s)
     settings = Settings(
-        replay=recording, model=tiny_model, events_log=Path("/dev/full"), batch=4,
-        publish=("tcp://127.0.0.1:*",), linger=0.0, station="test-station",
-    )  # fmt: skip
+        replay=recording, model=tiny_model, events_log=Path("/dev/full"), batch=4, **IN_PROCESS
+    )
     with pytest.raises(WhaleError, match="model broke") as failure:
         cli.run(settings)
     out, _ = capsys.readouterr()
