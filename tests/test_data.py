@@ -140,7 +140,10 @@ def test_annotated_recordings(annotated: tuple[Path, dict]) -> None:
     assert [r.path.name for r in recordings] == ["a.wav", "b.flac"]
     for recording in recordings:
         assert len(recording.audio) == 40 * SAMPLE_RATE
-        assert recording.calls == pytest.approx(truth[recording.path.name], abs=1e-4)
+        expected = truth[recording.path.name]
+        assert len(recording.calls) == len(expected)
+        for got, want in zip(recording.calls, expected, strict=True):
+            assert got == pytest.approx(want, abs=1e-4)
     assert detect_layout(csv_path) == "annotations"
     assert detect_layout(csv_path.parent) == "annotations"
     assert [r.path.name for r in load_recordings(csv_path.parent)] == ["a.wav", "b.flac"]
@@ -272,8 +275,9 @@ def test_shared_data_counts() -> None:
     assert len(clips) == 10 and sum(c.label for c in clips) == 5
     assert detect_layout(SHARED_DATA / "kaggle-sample") == "folders"
     recordings = load_recordings(SHARED_DATA / "dclde2013" / "annotations.csv")
-    assert len(recordings) == 4
-    assert sum(len(r.calls) for r in recordings) == 71
+    assert len(recordings) == 6
+    assert sum(len(r.calls) for r in recordings) == 91
+    assert len({r.path.name.split("_")[2] for r in recordings}) == 3  # three days
     assert all(len(r.audio) == 900 * SAMPLE_RATE for r in recordings)  # 15-min files
     assert detect_layout(SHARED_DATA / "dclde2013") == "annotations"
     assert detect_layout(SHARED_DATA / "background") == "background"
