@@ -102,6 +102,13 @@ def main() -> None:
     default=None,
     help="Copy held-out metrics from this model card into the new card.",
 )
+@click.option(
+    "--operating-points",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="crossval.json of a `whale-train crossval` run of this recipe: its pooled table and "
+    "presets go into the card, and the balanced preset is the card's threshold.",
+)
 @click.option("--name", default="upcall", show_default=True)
 @click.option("--n-fft", type=click.IntRange(32), default=FrontEndConfig.n_fft, show_default=True)
 @click.option(
@@ -128,6 +135,7 @@ def train_cmd(
     channel,
     threshold,
     metrics_from,
+    operating_points,
     name,
     n_fft,
     frame_hop,
@@ -147,6 +155,7 @@ def train_cmd(
         # everything that can fail without training fails now, not after the training run
         writable_folder(out, "--out")
         old_card = read_card(metrics_from) if metrics_from else None
+        points = read_operating_points(operating_points) if operating_points else None
         sets = Datasets(list(data_paths), set(holdout), channel)
         click.echo(sets.describe())
         np.random.seed(seed)
@@ -191,6 +200,9 @@ def train_cmd(
             fields["metrics"] = evaluate_and_report([model_path], sets, out)
             fields["threshold_chosen_on"] = fields["held_out"]
         chosen = (fields.get("metrics") or {}).get("chosen", {}).get("threshold", 0.5)
+        if points is not None:
+            fields.update(points)
+            chosen = points["presets"]["balanced"]["threshold"]
         fields["threshold"] = threshold if threshold is not None else chosen
         card = write_card(model_path, model, name=name, **fields)
         click.echo(f"wrote {model_path} and its card (threshold {card['threshold']})")
@@ -218,6 +230,31 @@ def read_card(path: Path) -> dict:
     if not isinstance(card, dict):
         raise WhaleError(f"--metrics-from {path}: not a model card (no JSON object)")
     return card
+
+
+def read_operating_points(path: Path) -> dict:
+    """The card's operating-point table and presets from a crossval.json."""
+    from train.crossval import preset_fields
+
+    try:
+        summary = json.loads(path.read_text())
+        pooled = summary["pooled"]
+        table = [preset_fields(row) for row in pooled["table"]]
+        presets = pooled["presets"]
+        for name in ("high", "balanced", "strict"):
+            float(presets[name]["threshold"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise WhaleError(f"--operating-points {path}: not a crossval.json ({e!r})") from None
+    folds = ", ".join(f["day"] for f in summary.get("folds", []))
+    return {
+        "operating_points": {
+            "source": f"leave-one-day-out cross-validation (held-out days {folds}; seeds "
+            f"{summary.get('seeds')}), pooled over every fold and seed: {path.name}",
+            "command": summary.get("command"),
+            "table": table,
+        },
+        "presets": presets,
+    }
 
 
 def evaluate_and_report(model_paths: list[Path], sets: Datasets, out: Path) -> dict:
@@ -381,3 +418,250 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     except (sf.LibsndfileError, TypeError, ValueError, OSError) as e:
         fail(f"cannot write {path}: {e} (use a .flac, .wav or .aiff name in a writable folder)")
     click.echo(f"wrote {path} ({seconds:.0f} s, {len(planted)} up-calls) and its annotations")
+
+
+@main.command("crossval")
+@click.option(
+    "--data",
+    "data_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Annotation CSV/Raven table (recordings named YYYYMMDD_HHMMSS: one fold per day), "
+    "folder of call-free recordings (one held out per fold), clip folders (always trained on). "
+    "Repeatable.",
+)
+@click.option(
+    "--review",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CSV filename,start,end[,judgement] of probable calls the annotators missed: the "
+    "lenient precision leaves out events overlapping only these.",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Models per fold (seeds SEED, SEED+1, ...): a change must beat their spread.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="First seed.")
+@click.option(
+    "--steps",
+    type=click.IntRange(1),
+    default=1200,
+    show_default=True,
+    help="Training steps per model (batches of --batch-size windows).",
+)
+@click.option("--batch-size", type=click.IntRange(2), default=96, show_default=True)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Models trained at once (processes of one thread each; use the core count).",
+)
+@click.option(
+    "--remix-scale",
+    type=(float, float),
+    default=(0.2, 1.5),
+    show_default=True,
+    help="Recipe: other background mixed under a real call at this range times the "
+    "call window's level.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/crossval"),
+    show_default=True,
+    help="Folder for the fold models, crossval.json and report.md.",
+)
+@click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
+def crossval_cmd(
+    data_paths, review, seeds, seed, steps, batch_size, jobs, remix_scale, out, channel
+) -> None:
+    """Leave-one-day-out cross-validation: per fold and seed, train on the other days, score
+    the held-out day and background as the daemon does; report per fold and pooled, and the
+    operating points a model card can carry (whale-train train --operating-points)."""
+    try:
+        from train.crossval import format_report, load_review, run_crossval
+
+        lo, hi = remix_scale
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo <= hi):
+            raise WhaleError(f"--remix-scale {lo} {hi}: need 0 <= LOW <= HIGH")
+        writable_folder(out, "--out")
+        spans = load_review(review) if review else {}
+        sets = Datasets(list(data_paths), None, channel)
+        if not sets.eval_ann:
+            raise WhaleError("crossval needs an annotation table among --data")
+        click.echo(
+            f"{len(sets.eval_ann)} annotated recordings, {len(sets.eval_bg)} background, "
+            f"{len(sets.clips)} clips"
+        )
+        options = {"steps": steps, "batch_size": batch_size, "mix": {"remix_scale": (lo, hi)}}
+        summary = run_crossval(
+            sets.eval_ann,
+            sets.eval_bg,
+            sets.clips,
+            list(range(seed, seed + seeds)),
+            out,
+            jobs=jobs,
+            review=spans,
+            train_options=options,
+            log=click.echo,
+        )
+        summary["command"] = "whale-train " + shlex.join(sys.argv[1:])
+        (out / "crossval.json").write_text(json.dumps(summary, indent=1) + "\n")
+        click.echo(format_report(summary, "Leave-one-day-out cross-validation"))
+    except WhaleError as e:
+        fail(str(e))
+
+
+@main.command("adapt")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Single-network ONNX model with presets in its card (default: the shipped one).",
+)
+@click.option(
+    "--background",
+    "site_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The new site's call-free recordings (a folder or files). Repeatable.",
+)
+@click.option(
+    "--data",
+    "data_paths",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Known calls to mix into the site's noise: annotation tables or clip folders "
+    "(synthetic calls are always added). Repeatable.",
+)
+@click.option(
+    "--holdout",
+    multiple=True,
+    help="Recording file name (site or annotated) kept out of adaptation to measure it before "
+    "and after. Repeatable.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="Fine-tuning steps (batches of 96 windows) at a tenth of the training rate.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for the adapted model, its streaming halves and card.",
+)
+@click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
+def adapt_cmd(model_path, site_paths, data_paths, holdout, steps, seed, out, channel) -> None:
+    """Fine-tune a model to a new site's noise (no labels needed) and re-choose its presets'
+    thresholds so their false-alarm rates hold there."""
+    try:
+        import torch
+
+        from detector.model import DEFAULT_MODEL, load_card, load_model
+        from train import adapt
+        from train.data import load_background
+        from train.export import export_onnx, write_card
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        model_path = Path(model_path or DEFAULT_MODEL)
+        writable_folder(out, "--out")
+        card = load_card(model_path)
+        presets = card.get("presets")
+        if not isinstance(presets, dict) or not presets:
+            raise WhaleError(f"{model_path}: its card has no presets to re-choose")
+        held = set(holdout)
+        site = [r for p in site_paths for r in load_background(p, channel=channel)]
+        site_held = [r for r in site if r.path.name in held]
+        site_tune = [r for r in site if r.path.name not in held]
+        if not site_tune:
+            raise WhaleError("--background: every site file is held out; none left to adapt on")
+        known = Datasets(list(data_paths), held - {r.path.name for r in site}, channel)
+        tune, calibrate = adapt.split_site(site_tune)
+        click.echo(
+            f"site: {len(site_tune)} files to adapt on (last third of each for thresholds), "
+            f"{len(site_held)} held out; known calls: {known.describe()}"
+        )
+        detector = adapt.detector_from_onnx(model_path, card)
+        before = load_model(model_path, provider="cpu").score
+        tuned = adapt.fine_tune(
+            detector, tune, known.train_recs, known.clips, steps, seed=seed, log=click.echo
+        )
+        adapted_path = out / f"{card.get('name', 'upcall')}.onnx"
+        export_onnx(tuned, adapted_path)
+        after = load_model(adapted_path, provider="cpu").score
+        new_presets = adapt.rechoose_presets(presets, adapt.site_rows(after, calibrate))
+        old_rows = adapt.site_rows(before, calibrate)
+        report = adaptation_report(
+            presets, new_presets, old_rows, before, after, known.eval_ann, site_held
+        )
+        click.echo(report["text"])
+        write_card(
+            adapted_path,
+            tuned,
+            name=card.get("name", "upcall"),
+            command="whale-train " + shlex.join(sys.argv[1:]),
+            adapted_from={"model": model_path.name, "sha256": card.get("sha256")},
+            site={
+                "adapted_on": [r.path.name for r in site_tune],
+                "held_out": sorted(held),
+                "calibration_hours": round(sum(len(r.audio) for r in calibrate) / 7.2e6, 3),
+            },
+            training_data=card.get("training_data"),
+            operating_points=card.get("operating_points"),
+            presets=new_presets,
+            adaptation=report["rows"],
+            threshold=new_presets.get("balanced", next(iter(new_presets.values())))["threshold"],
+        )
+        (out / "adapt.md").write_text(report["text"] + "\n")
+        click.echo(f"wrote {adapted_path} and its card")
+    except WhaleError as e:
+        fail(str(e))
+
+
+def adaptation_report(presets, new_presets, old_rows, before, after, ann, site_held) -> dict:
+    """Before and after, per preset: thresholds, site false alarms on the calibration part, and
+    held-out recall and false alarms when recordings were held out."""
+    from train.adapt import heldout_figures
+
+    old_fa = {r["threshold"]: r["background_false_alarms_per_hour"] for r in old_rows}
+    rows, lines = (
+        [],
+        [
+            "| preset | threshold before → after | calibration FA/h before | held-out recall "
+            "before → after | held-out site FA/h before → after |",
+            "|---|---|---|---|---|",
+        ],
+    )
+    for name, old in presets.items():
+        new = new_presets[name]
+        row = {
+            "preset": name,
+            "threshold_before": old["threshold"],
+            "threshold_after": new["threshold"],
+            "calibration_fa_before": old_fa.get(old["threshold"]),
+            "calibration_fa_after": new["site_false_alarms_per_hour"],
+        }
+        if ann or site_held:
+            row["held_out_before"] = heldout_figures(before, ann, site_held, old["threshold"])
+            row["held_out_after"] = heldout_figures(after, ann, site_held, new["threshold"])
+        rows.append(row)
+        hb, ha = row.get("held_out_before", {}), row.get("held_out_after", {})
+        lines.append(
+            f"| {name} | {old['threshold']} → {new['threshold']} | "
+            f"{row['calibration_fa_before']} → {row['calibration_fa_after']} | "
+            f"{hb.get('recall', '-')} → {ha.get('recall', '-')} | "
+            f"{hb.get('background_false_alarms_per_hour', '-')} → "
+            f"{ha.get('background_false_alarms_per_hour', '-')} |"
+        )
+    return {"rows": rows, "text": "\n".join(lines)}

@@ -28,6 +28,7 @@ class Mix:
     remixed_negative: float = 0.15
     snr_db: tuple[float, float] = (-3.0, 15.0)
     stretch: float = 0.08  # frequency/time stretch, +-8 %
+    remix_scale: tuple[float, float] = (0.2, 1.5)  # other background under a real call, x its level
 
 
 def negative_starts(rec: Recording, hop: int, window: int = WINDOW_SAMPLES) -> np.ndarray:
@@ -136,7 +137,8 @@ class WindowSampler:
         """A real call plus another stretch of real background: new noise under a true shape."""
         pos = self.real_positive()
         noise = self.real_negative()
-        scale = self.rng.uniform(0.2, 1.5) * (np.std(pos) + 1e-9) / (np.std(noise) + 1e-9)
+        lo, hi = self.mix.remix_scale
+        scale = self.rng.uniform(lo, hi) * (np.std(pos) + 1e-9) / (np.std(noise) + 1e-9)
         mixed = pos + scale * noise
         if self.rng.random() < 0.3:  # a knock or a moan beside a call leaves it a call
             other = synth.lookalike(self.rng)[:WINDOW_SAMPLES]

@@ -23,7 +23,7 @@ from detector.constants import WINDOW_SAMPLES
 from train.data import Clip, Recording
 from train.frontend import FrontEndConfig
 from train.net import TIME_POOL, UpcallDetector, combine
-from train.sampler import WindowSampler, negative_starts
+from train.sampler import Mix, WindowSampler, negative_starts
 
 
 @dataclass
@@ -120,12 +120,22 @@ def train(
     time_pool: int = TIME_POOL,
     log: Callable[[str], None] = print,
     progress: Callable[[int, float], None] | None = None,
+    init: UpcallDetector | None = None,
+    freeze: Callable[[nn.Module], None] | None = None,
 ) -> UpcallDetector:
+    """Train a new detector, or fine-tune a copy of `init` (then `freeze` fixes what must not
+    move, e.g. folded batch norms)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    model = UpcallDetector(frontend, time_pool=time_pool).to(device)
-    optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if init is not None:
+        model = copy.deepcopy(init).to(device).train()
+    else:
+        model = UpcallDetector(frontend, time_pool=time_pool).to(device)
+    if freeze is not None:
+        freeze(model)
+    params = [p for p in model.net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     averaged = copy.deepcopy(model).eval() if cfg.ema else model
     t0, running = time.time(), None
@@ -156,6 +166,25 @@ def train(
             )
     averaged.eval()
     return averaged
+
+
+def train_model(
+    recordings: list[Recording],
+    clips: list[Clip],
+    seed: int = 0,
+    steps: int = 3600,
+    batch_size: int = 96,
+    frontend: FrontEndConfig | None = None,
+    time_pool: int = TIME_POOL,
+    mix: dict | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> UpcallDetector:
+    """One detector from a recipe given as plain values (picklable, for crossval's workers)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    sampler = WindowSampler(recordings, clips, mix=Mix(**(mix or {})), seed=seed)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device="cpu")
+    return train(sampler, cfg, frontend, time_pool, log=log).cpu()
 
 
 @dataclass
