@@ -103,6 +103,14 @@ def main() -> None:
     help="Copy held-out metrics from this model card into the new card.",
 )
 @click.option(
+    "--remix-scale",
+    type=(float, float),
+    default=(0.2, 1.5),
+    show_default=True,
+    help="Recipe: other background mixed under a real call at this range times the call "
+    "window's level (as in crossval).",
+)
+@click.option(
     "--operating-points",
     type=click.Path(exists=True, path_type=Path),
     default=None,
@@ -135,6 +143,7 @@ def train_cmd(
     channel,
     threshold,
     metrics_from,
+    remix_scale,
     operating_points,
     name,
     n_fft,
@@ -161,6 +170,7 @@ def train_cmd(
         np.random.seed(seed)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device=device)
         frontend = FrontEndConfig(n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels)
+        mix = recipe_mix(remix_scale)
         with click.progressbar(
             length=steps * members, label="training", file=sys.stderr, item_show_func=lambda x: x
         ) as bar:
@@ -172,12 +182,13 @@ def train_cmd(
                     members,
                     frontend,
                     time_pool,
+                    mix=mix,
                     log=click.echo,
                     progress=lambda n, loss: bar.update(n, f"loss {loss:.4f}"),
                 )
             else:
                 model = train(
-                    WindowSampler(sets.train_recs, sets.clips, seed=seed),
+                    WindowSampler(sets.train_recs, sets.clips, mix=mix, seed=seed),
                     cfg,
                     frontend,
                     time_pool,
@@ -208,6 +219,16 @@ def train_cmd(
         click.echo(f"wrote {model_path} and its card (threshold {card['threshold']})")
     except WhaleError as e:
         fail(str(e))
+
+
+def recipe_mix(remix_scale: tuple[float, float]):
+    """The sampler's mix for the recipe options, checked."""
+    from train.sampler import Mix
+
+    lo, hi = remix_scale
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo <= hi):
+        raise WhaleError(f"--remix-scale {lo} {hi}: need 0 <= LOW <= HIGH")
+    return Mix(remix_scale=(lo, hi))
 
 
 def writable_folder(folder: Path, flag: str) -> None:
@@ -486,9 +507,7 @@ def crossval_cmd(
     try:
         from train.crossval import format_report, load_review, run_crossval
 
-        lo, hi = remix_scale
-        if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo <= hi):
-            raise WhaleError(f"--remix-scale {lo} {hi}: need 0 <= LOW <= HIGH")
+        lo, hi = recipe_mix(remix_scale).remix_scale
         writable_folder(out, "--out")
         spans = load_review(review) if review else {}
         sets = Datasets(list(data_paths), None, channel)

@@ -197,13 +197,14 @@ class MemberJob:
     cfg: TrainConfig
     frontend: FrontEndConfig | None
     time_pool: int
+    mix: Mix | None = None
 
 
 def _train_member(job: MemberJob, queue: Queue) -> dict:
     """One member on one thread: the same weights whatever the machine or the scheduling.
     Progress (steps done, loss) and mining lines (step -1) go to the parent through `queue`."""
     torch.set_num_threads(1)
-    sampler = WindowSampler(job.recordings, job.clips, seed=job.cfg.seed)
+    sampler = WindowSampler(job.recordings, job.clips, mix=job.mix, seed=job.cfg.seed)
 
     def progress(step: int, loss: float) -> None:
         if step % 20 == 0 or step == job.cfg.steps - 1:
@@ -224,6 +225,7 @@ def train_ensemble(
     members: int,
     frontend: FrontEndConfig | None = None,
     time_pool: int = TIME_POOL,
+    mix: Mix | None = None,
     log: Callable[[str], None] = print,
     progress: Callable[[int, float], None] | None = None,
 ) -> UpcallDetector:
@@ -232,7 +234,7 @@ def train_ensemble(
     of steps done over all members and the mean of their running losses."""
     ctx = multiprocessing.get_context("spawn")
     jobs = [
-        MemberJob(k, recordings, clips, replace(cfg, seed=cfg.seed + k), frontend, time_pool)
+        MemberJob(k, recordings, clips, replace(cfg, seed=cfg.seed + k), frontend, time_pool, mix)
         for k in range(members)
     ]
     done_steps, losses = [0] * members, [float("nan")] * members
