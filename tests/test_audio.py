@@ -1,5 +1,7 @@
 """Resampling exactness and file reading, including every way a file can be unusable."""
 
+import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +190,137 @@ def test_bad_rate_and_shape() -> None:
         StreamingResampler(0)
     with pytest.raises(ValueError, match="1-D"):
         StreamingResampler(44100).process(np.zeros((10, 2), dtype=np.float32))
+
+
+# --- issue 14: no audio lost on bad files, bounded resampling memory ------------------------
+
+
+def flac_bytes(x: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, x, rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def read_until_error(path: Path, block_frames: int) -> tuple[np.ndarray, WhaleError | None]:
+    """What a replay scores before the reader gives up, and why it gave up."""
+    blocks, error = [], None
+    try:
+        for block in iter_file_blocks(path, block_frames=block_frames, keep_truncated=True):
+            blocks.append(block)
+    except WhaleError as e:
+        error = e
+    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), error
+
+
+@pytest.mark.parametrize("cut_into_next", [0, 1, 700])
+@pytest.mark.parametrize("block_frames", [16384, 65536, 1000])
+def test_truncated_flac_delivers_every_complete_frame(
+    tmp_path: Path, cut_into_next: int, block_frames: int
+) -> None:
+    noise = np.random.default_rng(6).uniform(-0.5, 0.5, 60000).astype(np.float32)
+    full = flac_bytes(noise)
+    # FLAC frames are encoded independently: the file of the first k frames is a byte prefix
+    # of the whole file (past STREAMINFO), so cutting there leaves exactly k frames decodable
+    kept = 11 * 4096
+    prefix = flac_bytes(noise[:kept])
+    assert full[42 : len(prefix)] == prefix[42:]
+    path = tmp_path / "cut.flac"
+    path.write_bytes(full[: len(prefix) + cut_into_next])
+    got, error = read_until_error(path, block_frames)
+    assert error is not None and "cut.flac" in str(error) and "truncated" in str(error)
+    assert "\n" not in str(error)
+    (tmp_path / "prefix.flac").write_bytes(prefix)
+    np.testing.assert_array_equal(got, read_audio(tmp_path / "prefix.flac"))
+
+
+def test_truncated_flac_at_random_cuts_loses_under_one_frame(tmp_path: Path) -> None:
+    noise = np.random.default_rng(7).uniform(-0.5, 0.5, 100000).astype(np.float32)
+    full = flac_bytes(noise)
+    path = tmp_path / "cut.flac"
+    for cut in np.random.default_rng(8).integers(len(full) // 10, len(full) - 10, 8):
+        path.write_bytes(full[:cut])
+        got, error = read_until_error(path, 16384)
+        assert error is not None
+        assert len(got) > cut * 100000 / len(full) - 2 * 4096  # at most the cut frame lost
+        np.testing.assert_allclose(got, noise[: len(got)], atol=1 / 32768)
+
+
+def patched(path: Path, offset: int, fmt: str, value: int) -> Path:
+    """Overwrite one header field in place, as a buggy or interrupted writer leaves it."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into(fmt, data, offset, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def noise_file(path: Path, seconds: float = 10.0, rate: int = SAMPLE_RATE) -> np.ndarray:
+    x = np.random.default_rng(9).uniform(-0.5, 0.5, int(seconds * rate)).astype(np.float32)
+    sf.write(path, x, rate, subtype="PCM_16")
+    return sf.read(path, dtype="float32")[0]
+
+
+def wav_data_size_offset(path: Path) -> int:
+    data = path.read_bytes()
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    return data.index(b"data", 12) + 4
+
+
+@pytest.mark.parametrize("declared", [3, 0, 1000])
+def test_wav_with_understated_data_size_is_read_to_the_end(tmp_path: Path, declared: int) -> None:
+    path = tmp_path / "under.wav"
+    x = noise_file(path)
+    patched(path, wav_data_size_offset(path), "<I", declared)
+    info = audio_info(path)
+    assert info.frames == len(x) and info.duration_s == pytest.approx(10.0)
+    assert info.truncation is None
+    np.testing.assert_array_equal(read_audio(path), x)
+    got, error = read_until_error(path, 16384)
+    assert error is None and len(got) == len(x)
+
+
+def test_wav_data_followed_by_a_chunk_is_not_extended(tmp_path: Path) -> None:
+    path = tmp_path / "listed.wav"
+    x = noise_file(path, 3.0)
+    data = path.read_bytes()
+    payload = b"INFOISFT" + struct.pack("<I", 6) + b"test\0\0"
+    data += b"LIST" + struct.pack("<I", len(payload)) + payload
+    path.write_bytes(data[:4] + struct.pack("<I", len(data) - 8) + data[8:])
+    assert audio_info(path).frames == len(x)
+    np.testing.assert_array_equal(read_audio(path), x)
+
+
+FLAC_TOTAL_SAMPLES = 18  # STREAMINFO's 64-bit word: rate (20 bits), channels, bps, total (36)
+
+
+def set_flac_total(path: Path, total: int) -> Path:
+    data = bytearray(path.read_bytes())
+    (word,) = struct.unpack_from(">Q", data, FLAC_TOTAL_SAMPLES)
+    struct.pack_into(">Q", data, FLAC_TOTAL_SAMPLES, (word & ~((1 << 36) - 1)) | total)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("declared", [1, 4096, 0])
+def test_flac_with_understated_total_samples_is_read_to_the_end(
+    tmp_path: Path, declared: int
+) -> None:
+    path = tmp_path / "under.flac"
+    x = noise_file(path, 10.3)
+    set_flac_total(path, declared)
+    assert sf.info(str(path)).frames in (declared, 2**63 - 1)  # libsndfile believes the header
+    info = audio_info(path)
+    assert info.frames == len(x) and info.duration_s == pytest.approx(10.3)
+    np.testing.assert_array_equal(read_audio(path), x)
+    got, error = read_until_error(path, 16384)
+    assert error is None and len(got) == len(x)
+
+
+def test_flac_understated_and_truncated_delivers_then_fails(tmp_path: Path) -> None:
+    path = tmp_path / "both.flac"
+    x = noise_file(path, 20.0)
+    set_flac_total(path, 1)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
+    got, error = read_until_error(path, 16384)
+    assert error is not None and "both.flac" in str(error)
+    assert len(got) > 0.75 * len(x) - 2 * 4096
+    np.testing.assert_array_equal(got, x[: len(got)])
