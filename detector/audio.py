@@ -8,11 +8,11 @@ day-long recording costs constant memory.
 from __future__ import annotations
 
 import io
-import math
 import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +25,9 @@ from detector.errors import WhaleError
 STOPBAND_DB = 80.0  # alias rejection of the resampling filter
 TRANSITION_FRACTION = 0.2  # transition band as a fraction of the lower Nyquist rate
 DEFAULT_BLOCK_FRAMES = 65536
+MAX_RATIO_TERM = 4096  # largest up or down factor: a filter of at most ~200,000 taps
+HALVE_ABOVE_HZ = 1_000_000  # rates above this are halved first (15-tap stages)
+EMIT_CHUNK_VALUES = 1 << 21  # float64 values gathered per filter product (16 MB)
 
 # libsndfile silently shortens a file whose header promises more data than it holds, and only
 # says so in its log: "data : 40000 (should be 24999)" (WAV) or "SSND : ... (should be ...)" (AIFF).
@@ -49,45 +52,62 @@ def _design_filter(up: int, down: int) -> np.ndarray:
     return taps * up
 
 
-class StreamingResampler:
-    """Polyphase FIR resampler that keeps its state, so output never depends on block sizes.
+def _halving_filter() -> np.ndarray:
+    """Low-pass for one decimation by 2 at a rate of at least HALVE_ABOVE_HZ.
 
-    Output sample k lies at time k / out_rate (the filter's delay is compensated); after
-    `flush()` the total output length is ceil(n_in * out_rate / in_rate).
-    """
+    It only has to keep 0-1 kHz and stop what would fold onto it (rate/2 - 1 kHz and up), so
+    the transition is nearly the whole band: 15 taps, whatever the rate."""
+    from scipy import signal
 
-    def __init__(self, in_rate: int, out_rate: int = SAMPLE_RATE) -> None:
-        if in_rate <= 0 or out_rate <= 0:
-            raise WhaleError(f"sample rates must be positive, got {in_rate} -> {out_rate} Hz")
-        self.in_rate, self.out_rate = int(in_rate), int(out_rate)
-        common = math.gcd(self.in_rate, self.out_rate)
-        self.up, self.down = self.out_rate // common, self.in_rate // common
-        self.passthrough = self.up == self.down
-        if not self.passthrough:
-            taps = _design_filter(self.up, self.down)
-            self.delay = (len(taps) - 1) // 2
-            self.taps_per_phase = -(-len(taps) // self.up)
-            padded = np.zeros(self.taps_per_phase * self.up)
-            padded[: len(taps)] = taps
-            # bank[p, j] = taps[p + j*up], reversed so it lines up with x[i-K+1 .. i]
-            self.bank = padded.reshape(self.taps_per_phase, self.up).T[:, ::-1].copy()
+    pass_edge, stop_edge = 0.05, 0.45  # cycles per sample; 1 kHz is under 0.001 here
+    numtaps, beta = signal.kaiserord(STOPBAND_DB, (stop_edge - pass_edge) / 0.5)
+    return signal.firwin(numtaps | 1, 0.25, window=("kaiser", beta), fs=1.0)
+
+
+def _plan(in_rate: int, out_rate: int) -> tuple[int, int, int]:
+    """(halvings, up, down): halve very high rates first, then one rational stage.
+
+    The rational stage's filter has about 50 * max(up, down) taps, so its terms are bounded:
+    a ratio that needs more (96,001 Hz -> 2 kHz is 2000/96001) is approximated by the
+    nearest fraction with terms <= MAX_RATIO_TERM (1/48: the output is 10 ppm fast)."""
+    halvings = 0
+    while in_rate / 2**halvings > HALVE_ABOVE_HZ:
+        halvings += 1
+    ratio = Fraction(out_rate * 2**halvings, in_rate)
+    if max(ratio.numerator, ratio.denominator) > MAX_RATIO_TERM:
+        if ratio < 1:
+            ratio = ratio.limit_denominator(MAX_RATIO_TERM)
+        else:
+            ratio = 1 / (1 / ratio).limit_denominator(MAX_RATIO_TERM)
+    return halvings, ratio.numerator, ratio.denominator
+
+
+class _Stage:
+    """One polyphase FIR stage (up, down, taps) that keeps its state across blocks.
+
+    Output sample k lies at time k / (in_rate * up / down) (the filter's delay is
+    compensated); after `flush()` the total output length is ceil(n_in * up / down)."""
+
+    def __init__(self, up: int, down: int, taps: np.ndarray) -> None:
+        self.up, self.down, self.n_taps = up, down, len(taps)
+        self.delay = (len(taps) - 1) // 2
+        self.taps_per_phase = -(-len(taps) // up)
+        padded = np.zeros(self.taps_per_phase * up)
+        padded[: len(taps)] = taps
+        # bank[p, j] = taps[p + j*up], reversed so it lines up with x[i-K+1 .. i]
+        self.bank = padded.reshape(self.taps_per_phase, up).T[:, ::-1].copy()
+        # outputs computed at once: bounds the (outputs x taps_per_phase) gather to 16 MB
+        self.chunk = max(1, EMIT_CHUNK_VALUES // self.taps_per_phase)
         self._reset()
 
     def _reset(self) -> None:
         self.n_in = 0  # input samples received
         self.n_out = 0  # output samples emitted
-        if not self.passthrough:
-            self.buffer = np.zeros(self.taps_per_phase - 1)  # zeros before the first sample
-            self.buffer_start = -(self.taps_per_phase - 1)  # input index of buffer[0]
+        self.buffer = np.zeros(self.taps_per_phase - 1)  # zeros before the first sample
+        self.buffer_start = -(self.taps_per_phase - 1)  # input index of buffer[0]
 
     def process(self, block: np.ndarray) -> np.ndarray:
-        """Resample the next block of a stream; returns the outputs it completes."""
-        block = np.asarray(block, dtype=np.float32)
-        if block.ndim != 1:
-            raise ValueError(f"expected a 1-D block of samples, got shape {block.shape}")
-        if self.passthrough:
-            self.n_in += len(block)
-            return block.copy()
+        """The outputs that the next block of the stream completes (float64)."""
         self.buffer = np.concatenate([self.buffer, block.astype(np.float64)])
         self.n_in += len(block)
         # output m needs inputs up to (m*down + delay) // up
@@ -96,9 +116,6 @@ class StreamingResampler:
 
     def flush(self) -> np.ndarray:
         """End of stream: emit the tail (inputs past the end count as zeros), then reset."""
-        if self.passthrough:
-            self._reset()
-            return np.zeros(0, dtype=np.float32)
         n_total = -(-self.n_in * self.up // self.down)
         last_needed = (max(n_total - 1, 0) * self.down + self.delay) // self.up
         pad = max(0, last_needed + 1 - (self.buffer_start + len(self.buffer)))
@@ -108,9 +125,18 @@ class StreamingResampler:
         return tail
 
     def _emit(self, n_until: int) -> np.ndarray:
-        if n_until <= self.n_out:
-            return np.zeros(0, dtype=np.float32)
-        m = np.arange(self.n_out, n_until, dtype=np.int64)
+        pieces = [np.zeros(0)]
+        for start in range(self.n_out, n_until, self.chunk):
+            pieces.append(self._emit_range(start, min(start + self.chunk, n_until)))
+        self.n_out = max(self.n_out, n_until)
+        oldest_needed = (self.n_out * self.down + self.delay) // self.up - self.taps_per_phase + 1
+        drop = max(0, min(oldest_needed - self.buffer_start, len(self.buffer)))
+        self.buffer = self.buffer[drop:]
+        self.buffer_start += drop
+        return np.concatenate(pieces)
+
+    def _emit_range(self, first: int, stop: int) -> np.ndarray:
+        m = np.arange(first, stop, dtype=np.int64)
         t = m * self.down + self.delay
         newest = t // self.up - self.buffer_start  # buffer index of each output's newest input
         phase = t % self.up
@@ -119,12 +145,51 @@ class StreamingResampler:
         for p in np.unique(phase):
             rows = phase == p
             out[rows] = windows[newest[rows] - self.taps_per_phase + 1] @ self.bank[p]
-        self.n_out = n_until
-        oldest_needed = (self.n_out * self.down + self.delay) // self.up - self.taps_per_phase + 1
-        drop = max(0, min(oldest_needed - self.buffer_start, len(self.buffer)))
-        self.buffer = self.buffer[drop:]
-        self.buffer_start += drop
+        return out
+
+
+class StreamingResampler:
+    """Resampler that keeps its state, so output never depends on block sizes.
+
+    Output sample k lies at time k / out_rate (each stage compensates its filter's delay);
+    for a ratio with small terms (44.1, 48, 96, 192 kHz, any rate up to 2 kHz) the total
+    output length after `flush()` is ceil(n_in * out_rate / in_rate). Memory is bounded for
+    any rate: rates over HALVE_ABOVE_HZ are halved by 15-tap stages first, and a ratio with
+    large terms is approximated (see _plan)."""
+
+    def __init__(self, in_rate: int, out_rate: int = SAMPLE_RATE) -> None:
+        if in_rate <= 0 or out_rate <= 0:
+            raise WhaleError(f"sample rates must be positive, got {in_rate} -> {out_rate} Hz")
+        self.in_rate, self.out_rate = int(in_rate), int(out_rate)
+        halvings, self.up, self.down = _plan(self.in_rate, self.out_rate)
+        self.stages = [_Stage(1, 2, _halving_filter()) for _ in range(halvings)]
+        if self.up != self.down:
+            self.stages.append(_Stage(self.up, self.down, _design_filter(self.up, self.down)))
+        self.passthrough = not self.stages
+
+    @property
+    def filter_taps(self) -> int:
+        """Filter coefficients held, all stages together: what bounds its memory."""
+        return sum(stage.n_taps for stage in self.stages)
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """Resample the next block of a stream; returns the outputs it completes."""
+        block = np.asarray(block, dtype=np.float32)
+        if block.ndim != 1:
+            raise ValueError(f"expected a 1-D block of samples, got shape {block.shape}")
+        if self.passthrough:
+            return block.copy()
+        out = block
+        for stage in self.stages:
+            out = stage.process(out)
         return out.astype(np.float32)
+
+    def flush(self) -> np.ndarray:
+        """End of stream: emit the tail (inputs past the end count as zeros), then reset."""
+        tail = np.zeros(0)
+        for stage in self.stages:
+            tail = np.concatenate([stage.process(tail), stage.flush()])
+        return tail.astype(np.float32)
 
 
 def resample(x: np.ndarray, in_rate: int, out_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import io
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +32,16 @@ def rms(x: np.ndarray) -> float:
 @pytest.mark.parametrize(
     ("block", "n_in"), [(1, 3000), (7, 20000), (4000, 100000), (65536, 200000)]
 )
-@pytest.mark.parametrize("in_rate", [44100, 48000, 1000])
+@pytest.mark.parametrize("in_rate", [44100, 48000, 1000, 96001, 4_000_037])
 def test_blockwise_equals_one_shot(block: int, n_in: int, in_rate: int) -> None:
     x = np.random.default_rng(block).standard_normal(n_in).astype(np.float32)
     one_shot = resample(x, in_rate)
     resampler = StreamingResampler(in_rate)
     pieces = [resampler.process(x[i : i + block]) for i in range(0, n_in, block)]
     streamed = np.concatenate(pieces + [resampler.flush()])
-    assert len(one_shot) == -(-n_in * SAMPLE_RATE // in_rate)
+    assert abs(len(one_shot) - n_in * SAMPLE_RATE / in_rate) < 2
+    if in_rate in (44100, 48000, 1000):  # exact ratios
+        assert len(one_shot) == -(-n_in * SAMPLE_RATE // in_rate)
     assert streamed.shape == one_shot.shape
     np.testing.assert_allclose(streamed, one_shot, atol=1e-6)
 
@@ -324,3 +327,60 @@ def test_flac_understated_and_truncated_delivers_then_fails(tmp_path: Path) -> N
     assert error is not None and "both.flac" in str(error)
     assert len(got) > 0.75 * len(x) - 2 * 4096
     np.testing.assert_array_equal(got, x[: len(got)])
+
+
+ODD_RATES = [44100, 96001, 4_000_037]  # 96,001 Hz built 358 MB of filter, 4,000,037 Hz 9.3 GB
+
+
+def peak_bytes(work: object) -> tuple[int, object]:
+    tracemalloc.start()
+    try:
+        result = work()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("in_rate", ODD_RATES + [192000, 2**31 - 1])
+def test_resampler_memory_is_bounded_for_any_rate(in_rate: int) -> None:
+    StreamingResampler(48000)  # imports scipy outside the measurement
+    peak, resampler = peak_bytes(lambda: StreamingResampler(in_rate))
+    assert peak < 16 * 2**20
+    assert resampler.filter_taps < 300_000  # all stages together; float64
+    block = np.zeros(65536, dtype=np.float32)
+    peak, _ = peak_bytes(lambda: [resampler.process(block) for _ in range(3)])
+    assert peak < 32 * 2**20  # 16 MB gathers at most, plus the block and filter state
+
+
+def peak_frequency(x: np.ndarray, rate: int = SAMPLE_RATE) -> float:
+    """Frequency of the strongest component, to a small fraction of a Hz (zero-padded FFT)."""
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)), 1 << 20))
+    return float(np.argmax(spectrum)) * rate / (1 << 20)
+
+
+@pytest.mark.parametrize("in_rate", ODD_RATES)
+def test_odd_rates_keep_the_band_and_reject_above_1k(in_rate: int) -> None:
+    seconds = 0.5 if in_rate > 10**6 else 2.0
+    inner = slice(200, -200)
+    for freq in (35.0, 150.0, 390.0):
+        out = resample(sine(freq, in_rate, seconds), in_rate)
+        assert abs(len(out) - seconds * SAMPLE_RATE) <= 1
+        assert rms(out[inner]) == pytest.approx(0.5 / np.sqrt(2), rel=0.01)
+        assert peak_frequency(out[inner]) == pytest.approx(freq, abs=0.05)
+    above = [1100.0, 1500.0, 5000.0, in_rate / 2 - 100, in_rate / 4 + 100]
+    above.append(round(in_rate / 6000) * 2000 + 100)  # a 2 kHz harmonic + 100 Hz
+    for freq in above:  # each would alias into 0-1 kHz without the filter
+        tone = sine(freq, in_rate, seconds)
+        attenuation_db = 20 * np.log10(rms(resample(tone, in_rate)[inner]) / rms(tone))
+        assert attenuation_db < -60, freq
+
+
+def test_4mhz_file_reads_as_2k(tmp_path: Path) -> None:
+    rate = 4_000_037
+    x = sine(150, rate, 0.4, 0.3) + sine(1_000_100, rate, 0.4, 0.3)
+    path = tmp_path / "fast.wav"
+    sf.write(path, x, rate, subtype="PCM_16")
+    out = read_audio(path)
+    assert abs(len(out) - 800) <= 1
+    direct = sine(150, SAMPLE_RATE, 0.4, 0.3)
+    assert np.max(np.abs(out[200:600] - direct[200:600])) < 0.01
