@@ -1,5 +1,8 @@
 """Resampling exactness and file reading, including every way a file can be unusable."""
 
+import io
+import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +32,16 @@ def rms(x: np.ndarray) -> float:
 @pytest.mark.parametrize(
     ("block", "n_in"), [(1, 3000), (7, 20000), (4000, 100000), (65536, 200000)]
 )
-@pytest.mark.parametrize("in_rate", [44100, 48000, 1000])
+@pytest.mark.parametrize("in_rate", [44100, 48000, 1000, 96001, 4_000_037])
 def test_blockwise_equals_one_shot(block: int, n_in: int, in_rate: int) -> None:
     x = np.random.default_rng(block).standard_normal(n_in).astype(np.float32)
     one_shot = resample(x, in_rate)
     resampler = StreamingResampler(in_rate)
     pieces = [resampler.process(x[i : i + block]) for i in range(0, n_in, block)]
     streamed = np.concatenate(pieces + [resampler.flush()])
-    assert len(one_shot) == -(-n_in * SAMPLE_RATE // in_rate)
+    assert abs(len(one_shot) - n_in * SAMPLE_RATE / in_rate) < 2
+    if in_rate in (44100, 48000, 1000):  # exact ratios
+        assert len(one_shot) == -(-n_in * SAMPLE_RATE // in_rate)
     assert streamed.shape == one_shot.shape
     np.testing.assert_allclose(streamed, one_shot, atol=1e-6)
 
@@ -188,3 +193,194 @@ def test_bad_rate_and_shape() -> None:
         StreamingResampler(0)
     with pytest.raises(ValueError, match="1-D"):
         StreamingResampler(44100).process(np.zeros((10, 2), dtype=np.float32))
+
+
+# --- issue 14: no audio lost on bad files, bounded resampling memory ------------------------
+
+
+def flac_bytes(x: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, x, rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def read_until_error(path: Path, block_frames: int) -> tuple[np.ndarray, WhaleError | None]:
+    """What a replay scores before the reader gives up, and why it gave up."""
+    blocks, error = [], None
+    try:
+        for block in iter_file_blocks(path, block_frames=block_frames, keep_truncated=True):
+            blocks.append(block)
+    except WhaleError as e:
+        error = e
+    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), error
+
+
+@pytest.mark.parametrize("cut_into_next", [0, 1, 700])
+@pytest.mark.parametrize("block_frames", [16384, 65536, 1000])
+def test_truncated_flac_delivers_every_complete_frame(
+    tmp_path: Path, cut_into_next: int, block_frames: int
+) -> None:
+    noise = np.random.default_rng(6).uniform(-0.5, 0.5, 60000).astype(np.float32)
+    full = flac_bytes(noise)
+    # FLAC frames are encoded independently: the file of the first k frames is a byte prefix
+    # of the whole file (past STREAMINFO), so cutting there leaves exactly k frames decodable
+    kept = 11 * 4096
+    prefix = flac_bytes(noise[:kept])
+    assert full[42 : len(prefix)] == prefix[42:]
+    path = tmp_path / "cut.flac"
+    path.write_bytes(full[: len(prefix) + cut_into_next])
+    got, error = read_until_error(path, block_frames)
+    assert error is not None and "cut.flac" in str(error) and "truncated" in str(error)
+    assert "\n" not in str(error)
+    (tmp_path / "prefix.flac").write_bytes(prefix)
+    np.testing.assert_array_equal(got, read_audio(tmp_path / "prefix.flac"))
+
+
+def test_truncated_flac_at_random_cuts_loses_under_one_frame(tmp_path: Path) -> None:
+    noise = np.random.default_rng(7).uniform(-0.5, 0.5, 100000).astype(np.float32)
+    full = flac_bytes(noise)
+    path = tmp_path / "cut.flac"
+    for cut in np.random.default_rng(8).integers(len(full) // 10, len(full) - 10, 8):
+        path.write_bytes(full[:cut])
+        got, error = read_until_error(path, 16384)
+        assert error is not None
+        assert len(got) > cut * 100000 / len(full) - 2 * 4096  # at most the cut frame lost
+        np.testing.assert_allclose(got, noise[: len(got)], atol=1 / 32768)
+
+
+def patched(path: Path, offset: int, fmt: str, value: int) -> Path:
+    """Overwrite one header field in place, as a buggy or interrupted writer leaves it."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into(fmt, data, offset, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def noise_file(path: Path, seconds: float = 10.0, rate: int = SAMPLE_RATE) -> np.ndarray:
+    x = np.random.default_rng(9).uniform(-0.5, 0.5, int(seconds * rate)).astype(np.float32)
+    sf.write(path, x, rate, subtype="PCM_16")
+    return sf.read(path, dtype="float32")[0]
+
+
+def wav_data_size_offset(path: Path) -> int:
+    data = path.read_bytes()
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    return data.index(b"data", 12) + 4
+
+
+@pytest.mark.parametrize("declared", [3, 0, 1000])
+def test_wav_with_understated_data_size_is_read_to_the_end(tmp_path: Path, declared: int) -> None:
+    path = tmp_path / "under.wav"
+    x = noise_file(path)
+    patched(path, wav_data_size_offset(path), "<I", declared)
+    info = audio_info(path)
+    assert info.frames == len(x) and info.duration_s == pytest.approx(10.0)
+    assert info.truncation is None
+    np.testing.assert_array_equal(read_audio(path), x)
+    got, error = read_until_error(path, 16384)
+    assert error is None and len(got) == len(x)
+
+
+def test_wav_data_followed_by_a_chunk_is_not_extended(tmp_path: Path) -> None:
+    path = tmp_path / "listed.wav"
+    x = noise_file(path, 3.0)
+    data = path.read_bytes()
+    payload = b"INFOISFT" + struct.pack("<I", 6) + b"test\0\0"
+    data += b"LIST" + struct.pack("<I", len(payload)) + payload
+    path.write_bytes(data[:4] + struct.pack("<I", len(data) - 8) + data[8:])
+    assert audio_info(path).frames == len(x)
+    np.testing.assert_array_equal(read_audio(path), x)
+
+
+FLAC_TOTAL_SAMPLES = 18  # STREAMINFO's 64-bit word: rate (20 bits), channels, bps, total (36)
+
+
+def set_flac_total(path: Path, total: int) -> Path:
+    data = bytearray(path.read_bytes())
+    (word,) = struct.unpack_from(">Q", data, FLAC_TOTAL_SAMPLES)
+    struct.pack_into(">Q", data, FLAC_TOTAL_SAMPLES, (word & ~((1 << 36) - 1)) | total)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("declared", [1, 4096, 0])
+def test_flac_with_understated_total_samples_is_read_to_the_end(
+    tmp_path: Path, declared: int
+) -> None:
+    path = tmp_path / "under.flac"
+    x = noise_file(path, 10.3)
+    set_flac_total(path, declared)
+    assert sf.info(str(path)).frames in (declared, 2**63 - 1)  # libsndfile believes the header
+    info = audio_info(path)
+    assert info.frames == len(x) and info.duration_s == pytest.approx(10.3)
+    np.testing.assert_array_equal(read_audio(path), x)
+    got, error = read_until_error(path, 16384)
+    assert error is None and len(got) == len(x)
+
+
+def test_flac_understated_and_truncated_delivers_then_fails(tmp_path: Path) -> None:
+    path = tmp_path / "both.flac"
+    x = noise_file(path, 20.0)
+    set_flac_total(path, 1)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
+    got, error = read_until_error(path, 16384)
+    assert error is not None and "both.flac" in str(error)
+    assert len(got) > 0.75 * len(x) - 2 * 4096
+    np.testing.assert_array_equal(got, x[: len(got)])
+
+
+ODD_RATES = [44100, 96001, 4_000_037]  # 96,001 Hz built 358 MB of filter, 4,000,037 Hz 9.3 GB
+
+
+def peak_bytes(work: object) -> tuple[int, object]:
+    tracemalloc.start()
+    try:
+        result = work()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("in_rate", ODD_RATES + [192000, 2**31 - 1])
+def test_resampler_memory_is_bounded_for_any_rate(in_rate: int) -> None:
+    StreamingResampler(48000)  # imports scipy outside the measurement
+    peak, resampler = peak_bytes(lambda: StreamingResampler(in_rate))
+    assert peak < 16 * 2**20
+    assert resampler.filter_taps < 300_000  # all stages together; float64
+    block = np.zeros(65536, dtype=np.float32)
+    peak, _ = peak_bytes(lambda: [resampler.process(block) for _ in range(3)])
+    assert peak < 32 * 2**20  # 16 MB gathers at most, plus the block and filter state
+
+
+def peak_frequency(x: np.ndarray, rate: int = SAMPLE_RATE) -> float:
+    """Frequency of the strongest component, to a small fraction of a Hz (zero-padded FFT)."""
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)), 1 << 20))
+    return float(np.argmax(spectrum)) * rate / (1 << 20)
+
+
+@pytest.mark.parametrize("in_rate", ODD_RATES)
+def test_odd_rates_keep_the_band_and_reject_above_1k(in_rate: int) -> None:
+    seconds = 0.5 if in_rate > 10**6 else 2.0
+    inner = slice(200, -200)
+    for freq in (35.0, 150.0, 390.0):
+        out = resample(sine(freq, in_rate, seconds), in_rate)
+        assert abs(len(out) - seconds * SAMPLE_RATE) <= 1
+        assert rms(out[inner]) == pytest.approx(0.5 / np.sqrt(2), rel=0.01)
+        assert peak_frequency(out[inner]) == pytest.approx(freq, abs=0.05)
+    above = [1100.0, 1500.0, 5000.0, in_rate / 2 - 100, in_rate / 4 + 100]
+    above.append(round(in_rate / 6000) * 2000 + 100)  # a 2 kHz harmonic + 100 Hz
+    for freq in above:  # each would alias into 0-1 kHz without the filter
+        tone = sine(freq, in_rate, seconds)
+        attenuation_db = 20 * np.log10(rms(resample(tone, in_rate)[inner]) / rms(tone))
+        assert attenuation_db < -60, freq
+
+
+def test_4mhz_file_reads_as_2k(tmp_path: Path) -> None:
+    rate = 4_000_037
+    x = sine(150, rate, 0.4, 0.3) + sine(1_000_100, rate, 0.4, 0.3)
+    path = tmp_path / "fast.wav"
+    sf.write(path, x, rate, subtype="PCM_16")
+    out = read_audio(path)
+    assert abs(len(out) - 800) <= 1
+    direct = sine(150, SAMPLE_RATE, 0.4, 0.3)
+    assert np.max(np.abs(out[200:600] - direct[200:600])) < 0.01
