@@ -41,6 +41,7 @@ def test_config_values_apply(tmp_path):
         channel = 1
         realtime = true
         hop = 0.25
+        sensitivity = "strict"
         threshold = 0.8
         model = "/opt/models/upcall.onnx"
         provider = "cpu"
@@ -64,6 +65,7 @@ def test_config_values_apply(tmp_path):
     assert set(values) == KEYS - {"replay"}
     s = Settings().with_overrides(**values)
     assert s.device == "3" and s.channel == 1 and s.realtime is True
+    assert s.sensitivity == "strict"
     assert s.hop == 0.25 and s.threshold == 0.8 and s.model == Path("/opt/models/upcall.onnx")
     assert s.provider == "cpu" and s.threads == 2 and s.batch == 16
     assert s.station == "cape-cod-1"
