@@ -90,6 +90,13 @@ def _time(value: object) -> datetime:
     return parse_time(_string(value))
 
 
+def _mqtt_url(value: object) -> str:
+    from detector.mqtt import parse_url  # plain string parsing: paho is imported only to publish
+
+    parse_url(_string(value))
+    return str(value)
+
+
 def _choice(*allowed: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in allowed:
@@ -193,6 +200,12 @@ OPTIONS: tuple[Option, ...] = (
            "before starting.", "0", int),
     Option("linger", 2.0, Number(float, 0), "Seconds to deliver the last events before exit.",
            "2", float),
+    Option("mqtt", None, _mqtt_url, "Also publish to an MQTT broker: mqtt[s]://host[:port]/topic "
+           "(events at QoS 1, retained online/offline state).", "off", output="detector.mqtt"),
+    Option("mqtt_auth_file", None, _path_or_none, "MQTT user name (first line) and password "
+           "(second line).", click_type=FILE),
+    Option("mqtt_ca_file", None, _path_or_none, "mqtts: CA certificates to trust.",
+           "system CAs", click_type=FILE),
     Option("clips", None, _path_or_none, "Save each event's audio (+- 1 s, FLAC) and spectrogram "
            "(PNG) in this directory.", "off", click_type=DIRECTORY, output="detector.clip_output"),
     Option("min_free_mb", 100.0, Number(float, 0), "Skip clips when the disk has less free space "
