@@ -55,6 +55,9 @@ def test_config_values_apply(tmp_path):
         wait_subscribers = 1
         linger = 0.5
         clips = "/var/lib/whale-listen/clips"
+        mqtt = "mqtts://shore:8883/whales/b7"
+        mqtt_auth_file = "/etc/whale-listen/mqtt.auth"
+        mqtt_ca_file = "/etc/ca.pem"
         min_free_mb = 500
         retry_max = 60
         stall_timeout = 5
@@ -75,6 +78,9 @@ def test_config_values_apply(tmp_path):
     assert s.events_log == Path("/var/lib/whale-listen/events.jsonl")
     assert s.wait_subscribers == 1 and s.linger == 0.5
     assert s.clips == Path("/var/lib/whale-listen/clips")
+    assert s.mqtt == "mqtts://shore:8883/whales/b7"
+    assert s.mqtt_auth_file == Path("/etc/whale-listen/mqtt.auth")
+    assert s.mqtt_ca_file == Path("/etc/ca.pem")
     assert s.min_free_mb == 500 and s.retry_max == 60
     assert s.stall_timeout == 5.0 and s.blocksize == 400
 
@@ -123,6 +129,9 @@ def test_times_without_zone_are_utc_and_a_single_endpoint_is_a_list(tmp_path):
         ("linger = inf", "linger"),
         ("min_free_mb = nan", "min_free_mb"),
         ("stall_timeout = -inf", "stall_timeout"),
+        ('sensitivity = "loud"', "sensitivity"),
+        ('mqtt = "http://shore/t"', "mqtt"),
+        ('mqtt = "mqtt://shore"', "mqtt"),
     ],
 )
 def test_bad_value_names_key_and_file(tmp_path, line, key):
