@@ -206,3 +206,27 @@ def test_example_config_matches_settings():
     text = EXAMPLE.read_text()
     missing = [k for k in KEYS if not re.search(rf"^[#\s]*{k}\s*=", text, re.MULTILINE)]
     assert not missing, f"settings absent from {EXAMPLE.name}: {missing}"
+
+
+NOT_SETTING_ROWS = {"--list-devices", "--config"}
+
+
+def _readme_option_rows() -> dict[str, str]:
+    """`--option` -> its default column, from the README's option table."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("### Options") : text.index("### Events")]
+    rows = {}
+    for line in table.splitlines():
+        match = re.match(r"^\| `(--[a-z-]+)[^`]*` \|([^|]*)\|", line)
+        if match:
+            rows[match.group(1)] = match.group(2).strip()
+    return rows
+
+
+def test_readme_option_table_follows_the_declarations():
+    from detector.settings import OPTIONS
+
+    rows = _readme_option_rows()
+    assert set(rows) - NOT_SETTING_ROWS == {o.option for o in OPTIONS}
+    for option in OPTIONS:
+        assert rows[option.option] == (option.shown or ""), option.name
