@@ -206,6 +206,8 @@ OPTIONS: tuple[Option, ...] = (
            "(second line).", click_type=FILE),
     Option("mqtt_ca_file", None, _path_or_none, "mqtts: CA certificates to trust.",
            "system CAs", click_type=FILE),
+    Option("metrics_port", None, Number(int, 1, 65535), "Serve Prometheus metrics of the status "
+           "counters on http://127.0.0.1:PORT/metrics.", "off", int, output="detector.metrics"),
     Option("clips", None, _path_or_none, "Save each event's audio (+- 1 s, FLAC) and spectrogram "
            "(PNG) in this directory.", "off", click_type=DIRECTORY, output="detector.clip_output"),
     Option("min_free_mb", 100.0, Number(float, 0), "Skip clips when the disk has less free space "
