@@ -58,6 +58,7 @@ def test_config_values_apply(tmp_path):
         mqtt = "mqtts://shore:8883/whales/b7"
         mqtt_auth_file = "/etc/whale-listen/mqtt.auth"
         mqtt_ca_file = "/etc/ca.pem"
+        metrics_port = 9108
         min_free_mb = 500
         retry_max = 60
         stall_timeout = 5
@@ -80,7 +81,7 @@ def test_config_values_apply(tmp_path):
     assert s.clips == Path("/var/lib/whale-listen/clips")
     assert s.mqtt == "mqtts://shore:8883/whales/b7"
     assert s.mqtt_auth_file == Path("/etc/whale-listen/mqtt.auth")
-    assert s.mqtt_ca_file == Path("/etc/ca.pem")
+    assert s.mqtt_ca_file == Path("/etc/ca.pem") and s.metrics_port == 9108
     assert s.min_free_mb == 500 and s.retry_max == 60
     assert s.stall_timeout == 5.0 and s.blocksize == 400
 
@@ -132,6 +133,7 @@ def test_times_without_zone_are_utc_and_a_single_endpoint_is_a_list(tmp_path):
         ('sensitivity = "loud"', "sensitivity"),
         ('mqtt = "http://shore/t"', "mqtt"),
         ('mqtt = "mqtt://shore"', "mqtt"),
+        ("metrics_port = 70000", "metrics_port"),
     ],
 )
 def test_bad_value_names_key_and_file(tmp_path, line, key):
