@@ -37,6 +37,7 @@ from detector.publish import EventLog, Publisher
 from detector.replay import ReplaySource
 from detector.ring import RingBuffer
 from detector.windows import frame_windows
+from detector.zmq_output import ZmqOutput
 
 GOAL_X_REALTIME = 5000  # one core, hop 0.5 s
 MODEL_ONLY_WINDOWS = 1000
@@ -71,7 +72,13 @@ def inprocess_replay(
         log = EventLog(Path(tmp) / "events.jsonl")
         publisher = Publisher([f"ipc://{tmp}/pub.sock"])
         listener = Listener(
-            model, model.threshold or 0.5, hop_samples, log, publisher, "bench", batch=batch
+            model,
+            model.threshold or 0.5,
+            hop_samples,
+            log,
+            [ZmqOutput(publisher)],
+            "bench",
+            batch=batch,
         )
         try:
             t0 = time.perf_counter()

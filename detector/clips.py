@@ -7,7 +7,6 @@ convenience: a full disk or a write error is counted and skipped, never raised, 
 event itself (already logged and published) matters more.
 """
 
-import logging
 import re
 import shutil
 import struct
@@ -20,8 +19,7 @@ import soundfile as sf
 
 from detector.constants import SAMPLE_RATE
 from detector.errors import WhaleError
-
-log = logging.getLogger(__name__)
+from detector.journal import log
 
 HISTORY_SECONDS = 30.0  # audio kept: covers the event, its margins and the closing delay
 MARGIN_SECONDS = 1.0  # audio saved before and after the event

@@ -233,6 +233,9 @@ class DeviceSource:
             raise error
         return True
 
+    def describe(self) -> str:
+        return f"device {self.name!r} at {self.samplerate} Hz"
+
     def _close_stream(self) -> None:
         try:
             self._stream.abort()

@@ -7,13 +7,12 @@ so no libsystemd binding is needed. Outside systemd (NOTIFY_SOCKET unset) every 
 and a failed send is logged once and never raised: losing a status line must not stop detection.
 """
 
-import logging
 import os
 import socket
 import time
 from collections.abc import Mapping
 
-log = logging.getLogger(__name__)
+from detector.journal import log
 
 SEND_TIMEOUT_S = 1.0  # systemd reads its notify socket promptly; never stall the daemon longer
 

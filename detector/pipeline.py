@@ -1,7 +1,8 @@
-"""The scoring loop: ring -> (resample) -> 2-s windows -> ONNX model -> events -> log + ZeroMQ.
+"""The scoring loop: ring -> (resample) -> 2-s windows -> ONNX model -> events -> log -> outputs.
 
-One loop serves replay and live sources alike. Every event is fsync'ed to the log before it is
-published and carries a per-run sequence number, so a subscriber can see a gap and recover it.
+One loop serves replay and live sources alike. Every event is fsync'ed to the log before any
+output (ZeroMQ, MQTT, ...) sees it and carries a per-run sequence number, so a subscriber can see
+a gap and recover it.
 A stop request (SIGINT/SIGTERM) or the end of the source closes any open event and delivers it.
 
 A live source given a `reopen` function survives its sound card: when the card errors, vanishes
@@ -12,7 +13,6 @@ sample count, so later event times stay right; the next event says so in `gap_be
 """
 
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,14 +23,18 @@ import numpy as np
 
 from detector.audio import StreamingResampler
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from detector.errors import WhaleError
 from detector.events import EventMerger, RawEvent, build_event, iso_utc
+from detector.journal import log as journal
+from detector.journal import say
 from detector.model import Model
-from detector.publish import EventLog, Publisher
+from detector.outputs import Output
+from detector.publish import EventLog
 from detector.scoring import make_scorer
 from detector.silence import SilenceWatch
+from detector.source import STOP_WAIT_S, Source
 
 READ_TIMEOUT_S = 0.2  # the loop wakes at least this often for heartbeats and stop requests
-STOP_WAIT_S = 2.0  # how long a lost card may take to close before it is abandoned
 FIRST_RETRY_S = 1.0
 
 
@@ -38,7 +42,6 @@ FIRST_RETRY_S = 1.0
 class Counters:
     samples_in: int = 0  # at 2 kHz, scored
     windows: int = 0
-    events: int = 0
     level_dbfs: float = -math.inf
     started: float = 0.0  # monotonic
     processing_s: float = 0.0
@@ -54,15 +57,10 @@ def dbfs(block: np.ndarray) -> float:
     return 20 * math.log10(rms) if rms > 0 else -math.inf
 
 
-def say(message: str) -> None:
-    """One line on stderr (the journal), in the CLI's form."""
-    print(f"whale-listen: {message}", file=sys.stderr, flush=True)
-
-
 class Segment:
     """One unbroken stretch of a source: its own resampler and windower, at a stream offset."""
 
-    def __init__(self, source: object, model: Model, hop: int, batch: int, base: int) -> None:
+    def __init__(self, source: Source, model: Model, hop: int, batch: int, base: int) -> None:
         self.base = base  # stream sample of the segment's first sample
         self.scorer = make_scorer(model, hop, batch)
         self.seen = 0  # 2 kHz samples pushed
@@ -87,11 +85,10 @@ class Listener:
         threshold: float,
         hop: int,
         log: EventLog,
-        publisher: Publisher,
+        outputs: list[Output],
         station: str,
         batch: int = 64,
         heartbeat_s: float = 10.0,
-        hooks: "Hooks | None" = None,
         stall_s: float = 10.0,
         retry_max: float = 30.0,
     ) -> None:
@@ -99,17 +96,16 @@ class Listener:
         self.threshold = threshold
         self.hop = hop
         self.log = log
-        self.publisher = publisher
+        self.outputs = outputs  # after the log, in order
         self.station = station
         self.batch = batch
         self.heartbeat_s = heartbeat_s
-        self.hooks = hooks or Hooks()
         self.stall_s = stall_s
         self.retry_max = retry_max
         self.counters = Counters()
         self.silence = SilenceWatch()
         self.seq = 0
-        self.source: object = None
+        self.source: Source | None = None
         self.source_state = "up"
         self._retired_dropped = 0  # ring drops of sources replaced after an outage
         self._pending_gap = 0  # samples lost since the last delivered event
@@ -143,10 +139,19 @@ class Listener:
             if self._pending_gap:
                 event["gap_before_s"] = round(self._pending_gap / SAMPLE_RATE, 3)
                 self._pending_gap = 0
-            self.hooks.on_event(event, raw)
+            self._each("annotate", event, raw)
             self._log_state(self.log.append(event))  # durable first
-            self.publisher.send("upcall", event)  # even when the log failed: it is held in memory
-            self.counters.events += 1
+            self._each("on_event", event)  # even when the log failed: it is held in memory
+
+    def _each(self, method: str, *args: object) -> None:
+        """Call one method of every output in order; a failing output is said, never fatal."""
+        for output in self.outputs:
+            try:
+                getattr(output, method)(*args)
+            except WhaleError:
+                raise  # a broken contract (e.g. the model's), reported like any other
+            except Exception as exc:  # noqa: BLE001 - the log has the event; carry on
+                journal.warning("output %s failed in %s: %s", output.name, method, exc)
 
     def _log_state(self, logged: bool) -> None:
         """Say once when the log starts failing (disk full) and once when it recovers."""
@@ -164,9 +169,9 @@ class Listener:
         """Samples lost so far: full rings plus the time the source was down."""
         return self._retired_dropped + int(self.source.ring.dropped) + self.counters.gap_samples
 
-    def status(self, source: object | None = None, state: str | None = None) -> dict:
-        source = source or self.source
-        c = self.counters
+    def status(self) -> dict:
+        """The heartbeat message: counters, the source's state and every output's own fields."""
+        source, c = self.source, self.counters
         uptime = time.monotonic() - c.started
         audio_s = c.samples_in / SAMPLE_RATE
         return {
@@ -175,37 +180,36 @@ class Listener:
             "station": self.station,
             "time": iso_utc(datetime.now().astimezone()),
             "source": source.name,
-            "source_state": state or self.source_state,
+            "source_state": self.source_state,
             "uptime_s": round(uptime, 1),
             "samples_in": c.samples_in,
             "windows_scored": c.windows,
-            "events": c.events,
+            "events": self.seq,
             "last_seq": self.seq,
             "unlogged_events": len(self.log.pending),
             "dropped_samples": self.dropped,
             "outages": c.outages,
+            "input_overflows": getattr(source, "input_overflows", 0),
             "level_dbfs": round(c.level_dbfs, 1) if math.isfinite(c.level_dbfs) else None,
             "silent_s": round(self.silence.run_s, 1),
             "lag_s": round(source.ring.available / source.samplerate, 3),
             "realtime_factor": round(audio_s / c.processing_s, 1) if c.processing_s else None,
-            **self.hooks.status_fields(),
+            **{k: v for output in self.outputs for k, v in output.status_fields().items()},
         }
 
     def _tick(self, now: float) -> None:
         """Proof of life and the heartbeat: from the loop itself, whatever the source does."""
-        self.hooks.on_tick()
+        self._each("on_tick")
         if now >= self._next_beat:
-            status = self.status()
-            self.publisher.send("status", status)
-            self.hooks.on_status(status)
+            self._each("on_status", self.status())
             self._next_beat = now + self.heartbeat_s
 
     # -- the loop -------------------------------------------------------------------------------
     def run(
         self,
-        source: object,
+        source: Source,
         stream_start: datetime,
-        reopen: "Callable[[], object] | None" = None,
+        reopen: Callable[[], Source] | None = None,
     ) -> Counters:
         """Score until the source ends or stop(); always flush and deliver the open event.
 
@@ -220,7 +224,7 @@ class Listener:
         self._next_beat = c.started + self.heartbeat_s
         last_audio = c.started
         read_max = max(self.batch * self.hop, SAMPLE_RATE)  # 2 kHz samples per read
-        self.hooks.on_start()
+        self._each("on_start")
         try:
             while not self._stop.is_set():
                 ring = self.source.ring
@@ -248,7 +252,7 @@ class Listener:
                     last_audio = now
                 self._tick(now)
         finally:
-            self.hooks.on_stop()
+            self._each("on_stop")
             self._deliver(merger.flush(), stream_start)
         return c
 
@@ -259,7 +263,7 @@ class Listener:
         c.samples_in += len(block)
         c.level_dbfs = dbfs(block)
         self._watch_silence(block)
-        self.hooks.on_audio(block, segment.position)  # before scoring: clips need its audio
+        self._each("on_audio", block, segment.position)  # before scoring: clips need its audio
         starts, scores = segment.scorer.push(block)
         segment.seen += len(block)
         c.windows += len(scores)
@@ -279,7 +283,7 @@ class Listener:
                 )
 
     # -- device recovery ------------------------------------------------------------------------
-    def _recover(self, reopen: Callable[[], object], last_audio: float) -> bool:
+    def _recover(self, reopen: Callable[[], Source], last_audio: float) -> bool:
         """Reopen the source with backoff until it delivers audio again; False if stopped."""
         old = self.source
         error = getattr(old, "error", None)
@@ -308,7 +312,7 @@ class Listener:
         say(f"input {self.source.name!r} is back after {gap_s:.1f} s")
         return True
 
-    def _retire(self, source: object) -> None:
+    def _retire(self, source: Source) -> None:
         """Stop a lost source without letting a stuck driver hang the loop."""
         self._retired_dropped += int(source.ring.dropped)
         try:
@@ -327,7 +331,7 @@ class Listener:
             self._tick(time.monotonic())
         return True
 
-    def _first_audio(self, source: object) -> bool:
+    def _first_audio(self, source: Source) -> bool:
         """Wait (ticking) until the reopened source has audio; False if it fails or stays quiet."""
         deadline = time.monotonic() + self.stall_s
         while not self._stop.is_set() and time.monotonic() < deadline:
@@ -338,28 +342,3 @@ class Listener:
             self._stop.wait(min(READ_TIMEOUT_S / 4, deadline - time.monotonic()))
             self._tick(time.monotonic())
         return bool(source.ring.available)
-
-
-class Hooks:
-    """Extension points for the deployment features (clips, systemd); all no-ops here."""
-
-    def on_start(self) -> None:
-        """Everything is open and the loop is about to read the first audio."""
-
-    def on_audio(self, block: np.ndarray, start_sample: int) -> None:
-        """Every 2 kHz block, in stream order; `start_sample` skips any gap."""
-
-    def on_event(self, event: dict, raw: RawEvent) -> None:
-        """Before the event is logged: may add fields (e.g. the clip's path)."""
-
-    def on_tick(self) -> None:
-        """Once per loop iteration: proof the loop is alive (the systemd watchdog)."""
-
-    def on_status(self, status: dict) -> None:
-        """Each heartbeat, after it is published."""
-
-    def on_stop(self) -> None:
-        """The loop is ending: the open event is about to be flushed."""
-
-    def status_fields(self) -> dict:
-        return {}

@@ -19,7 +19,8 @@ from detector.errors import WhaleError
 SEND_HWM = 100_000  # queued messages per subscriber before ZeroMQ drops (never blocks) new ones
 
 
-def _encode(obj: dict) -> bytes:
+def encode(obj: dict) -> bytes:
+    """Compact UTF-8 JSON, the payload of every message and log line."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -86,7 +87,7 @@ class EventLog:
 
     def append(self, event: dict) -> bool:
         """Write one line (after any held back) and fsync it; False if it is held in memory."""
-        self.pending.append(_encode(event) + b"\n")
+        self.pending.append(encode(event) + b"\n")
         return self.flush()
 
     def flush(self) -> bool:
@@ -197,7 +198,7 @@ class Publisher:
         """Publish [topic, compact JSON]; never blocks (a full queue drops and counts)."""
         self._drain(0)
         try:
-            self._socket.send_multipart([topic.encode("utf-8"), _encode(obj)], flags=zmq.NOBLOCK)
+            self._socket.send_multipart([topic.encode("utf-8"), encode(obj)], flags=zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
 

@@ -21,7 +21,6 @@ BLOCK_FRAMES = 16384
 class ReplaySource:
     """Feeds 2 kHz float32 blocks of a file into `ring`; `error` holds what ended it early."""
 
-    live = False
     samplerate = SAMPLE_RATE  # blocks are resampled before they enter the ring
 
     def __init__(self, path: Path, ring: RingBuffer, channel: int = 0, realtime: bool = False):
@@ -39,6 +38,7 @@ class ReplaySource:
         self.channel = channel
         self.realtime = realtime
         self.error: BaseException | None = None
+        self.input_overflows = 0  # a file never overflows; kept so status reads every source alike
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="replay", daemon=True)
 
@@ -68,8 +68,13 @@ class ReplaySource:
         finally:
             self.ring.close()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = 5.0) -> bool:
+        """Stop reading and close the ring; True once the reader thread has ended."""
         self._stop.set()
         self.ring.close()
         if self._thread.ident is not None:  # never started when start-up was interrupted
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=timeout)
+        return not self._thread.is_alive()
+
+    def describe(self) -> str:
+        return f"replay {self.name} ({self.info.duration_s:.1f} s at {self.info.samplerate} Hz)"

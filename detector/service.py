@@ -1,20 +1,14 @@
-"""The daemon's deployment hooks: systemd notifications and review clips, off the scoring loop.
+"""The systemd output: READY, WATCHDOG and STATUS notifications, and the status line it shows.
 
-Each is a `pipeline.Hooks`; `AllHooks` calls several in turn. The watchdog ping comes from
-`on_tick`, i.e. from the scoring loop itself, so a loop stuck in the model or the driver stops
-the pings and systemd restarts the daemon.
+The watchdog ping comes from `on_tick`, i.e. from the scoring loop itself, so a loop stuck in the
+model or the driver stops the pings and systemd restarts the daemon.
 """
 
 import math
-from pathlib import Path
 
-import numpy as np
-
-from detector.clips import ClipWriter
 from detector.constants import SAMPLE_RATE
-from detector.events import RawEvent
 from detector.notify import Notifier
-from detector.pipeline import Hooks
+from detector.outputs import Output
 from detector.silence import WARN_AFTER_S
 
 
@@ -39,8 +33,10 @@ def status_line(status: dict) -> str:
     return ", ".join(p for p in parts if p)
 
 
-class SystemdHooks(Hooks):
+class SystemdOutput(Output):
     """READY once everything is open, WATCHDOG from the loop, STATUS each heartbeat."""
+
+    name = "systemd"
 
     def __init__(self, notifier: Notifier) -> None:
         self.notifier = notifier
@@ -57,57 +53,5 @@ class SystemdHooks(Hooks):
     def on_stop(self) -> None:
         self.notifier.stopping()
 
-
-class ClipHooks(Hooks):
-    """Saves each event's audio (+- 1 s) and spectrogram; the event carries the clip's path."""
-
-    def __init__(self, writer: ClipWriter) -> None:
-        self.writer = writer
-
-    def on_audio(self, block: np.ndarray, start_sample: int) -> None:
-        self.writer.feed(block, start_sample)
-
-    def on_event(self, event: dict, raw: RawEvent) -> None:
-        path = self.writer.save(event, raw.start_sample, raw.end_sample)
-        if path is not None:
-            event["clip"] = str(Path(path).resolve())
-
-    def status_fields(self) -> dict:
-        return {"clips": self.writer.stats()}
-
-
-class AllHooks(Hooks):
-    """Several hooks, called in the order given."""
-
-    def __init__(self, *hooks: Hooks) -> None:
-        self.hooks = hooks
-
-    def on_start(self) -> None:
-        for hook in self.hooks:
-            hook.on_start()
-
-    def on_audio(self, block: np.ndarray, start_sample: int) -> None:
-        for hook in self.hooks:
-            hook.on_audio(block, start_sample)
-
-    def on_event(self, event: dict, raw: RawEvent) -> None:
-        for hook in self.hooks:
-            hook.on_event(event, raw)
-
-    def on_tick(self) -> None:
-        for hook in self.hooks:
-            hook.on_tick()
-
-    def on_status(self, status: dict) -> None:
-        for hook in self.hooks:
-            hook.on_status(status)
-
-    def on_stop(self) -> None:
-        for hook in self.hooks:
-            hook.on_stop()
-
-    def status_fields(self) -> dict:
-        fields: dict = {}
-        for hook in self.hooks:
-            fields.update(hook.status_fields())
-        return fields
+    def close(self) -> None:
+        self.notifier.close()

@@ -1,5 +1,7 @@
-"""Every whale-listen option in one place: defaults, TOML config keys and their validation.
+"""Every whale-listen setting declared once (`OPTIONS`): name, default, bound, help, config key.
 
+The `Settings` dataclass, the click options, the config file's validation, the example config
+and the README's option table all follow (or are tested against) that one declaration.
 The command line and the config file name the same settings (`--events-log` = `events_log`);
 the command line wins. A bad value or an unknown key is an error naming the key and the file.
 """
@@ -7,46 +9,18 @@ the command line wins. A bad value or an unknown key is an error naming the key 
 import math
 import socket
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, make_dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import click
+
+from detector.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE, WINDOW_SECONDS
 from detector.errors import WhaleError
 
 DEFAULT_CONFIG = Path("/etc/whale-listen/config.toml")
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
-
-
-@dataclass(frozen=True)
-class Settings:
-    replay: Path | None = None
-    device: str | None = None
-    channel: int = 0
-    realtime: bool = False
-    hop: float = 0.5
-    threshold: float | None = None  # None: the model card's
-    model: Path | None = None  # None: the shipped model
-    provider: str = "auto"
-    threads: int = 1  # a buoy has few watts: one core unless asked
-    batch: int = 64  # windows per model call (replays; live blocks hold few)
-    station: str = field(default_factory=socket.gethostname)
-    start_time: datetime | None = None
-    publish: tuple[str, ...] = (DEFAULT_ENDPOINT,)
-    heartbeat: float = 10.0
-    events_log: Path = Path("whale-listen-events.jsonl")
-    wait_subscribers: int = 0
-    linger: float = 2.0
-    clips: Path | None = None
-    min_free_mb: float = 100.0
-    retry_max: float = 30.0
-    stall_timeout: float = 10.0  # a live card silent this long is down
-    blocksize: int = 0  # PortAudio frames per callback; 0 = PortAudio's choice
-
-    def with_overrides(self, **values: object) -> "Settings":
-        return replace(self, **{k: v for k, v in values.items() if v is not None})
-
-
-KEYS = {f.name for f in fields(Settings)}
 
 
 def parse_time(text: str) -> datetime:
@@ -96,14 +70,9 @@ def _bool(value: object) -> bool:
     return value
 
 
-def _provider(value: object) -> str:
-    if value not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"expected auto, cpu or cuda, got {value!r}")
-    return str(value)
-
-
 def _endpoints(value: object) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
+    items = list(items) if isinstance(items, tuple) else items  # repeated command-line options
     if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):
         raise ValueError(f"expected a list of endpoints, got {value!r}")
     return tuple(items)
@@ -121,30 +90,164 @@ def _time(value: object) -> datetime:
     return parse_time(_string(value))
 
 
-CHECKS = {
-    "replay": _path_or_none,
-    "device": _device,
-    "channel": lambda v: _number(v, int, 0),
-    "realtime": _bool,
-    "hop": lambda v: _number(v, float, 0, 2.0, lo_open=True),
-    "threshold": lambda v: _number(v, float, 0, 1),
-    "model": _path_or_none,
-    "provider": _provider,
-    "threads": lambda v: _number(v, int, 0),
-    "batch": lambda v: _number(v, int, 1),
-    "station": _string,
-    "start_time": _time,
-    "publish": _endpoints,
-    "heartbeat": lambda v: _number(v, float, 0, lo_open=True),
-    "events_log": lambda v: Path(_string(v)),
-    "wait_subscribers": lambda v: _number(v, int, 0),
-    "linger": lambda v: _number(v, float, 0),
-    "clips": _path_or_none,
-    "min_free_mb": lambda v: _number(v, float, 0),
-    "retry_max": lambda v: _number(v, float, 0, lo_open=True),
-    "stall_timeout": lambda v: _number(v, float, 0, lo_open=True),
-    "blocksize": lambda v: _number(v, int, 0),
-}
+def _mqtt_url(value: object) -> str:
+    from detector.mqtt import parse_url  # plain string parsing: paho is imported only to publish
+
+    parse_url(_string(value))
+    return str(value)
+
+
+def _choice(*allowed: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
+        return str(value)
+
+    return check
+
+
+class Number:
+    """A number setting's kind and bounds, for both the config check and the click type."""
+
+    def __init__(
+        self, kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False
+    ) -> None:
+        self.kind, self.lo, self.hi, self.lo_open = kind, lo, hi, lo_open
+
+    def __call__(self, value: object) -> float | int:
+        return _number(value, self.kind, self.lo, self.hi, self.lo_open)
+
+    def click_type(self) -> click.ParamType:
+        if self.kind is int:
+            return click.IntRange(self.lo, self.hi, min_open=self.lo_open)
+        return FiniteFloatRange(self.lo, self.hi, min_open=self.lo_open)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange, also refusing nan and inf: nan passes every bound (comparisons with it
+    are false), and a nan threshold would never fire while a nan hop crashes."""
+
+    def convert(self, value: object, param: object, ctx: object) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+FILE = click.Path(dir_okay=False, path_type=Path)
+DIRECTORY = click.Path(file_okay=False, path_type=Path)
+SENSITIVITIES = ("high", "balanced", "strict")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One daemon setting, declared once: the dataclass field, the click option, the config key
+    (same name), its check, the default shown in --help and the README's option table."""
+
+    name: str
+    default: object
+    check: Callable[[object], object]  # a config value (or a typed option) -> the setting
+    help: str
+    shown: str | None = None  # the default as --help and the README table say it
+    toml: type | tuple[type, ...] = str  # what a config file writes it as
+    click_type: click.ParamType | None = None  # None: the Number's, else a string
+    flag: bool = False
+    multiple: bool = False
+    metavar: str | None = None
+    output: str | None = None  # the module whose open_output(settings) this setting turns on
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def param_type(self) -> click.ParamType | None:
+        if self.click_type is not None:
+            return self.click_type
+        return self.check.click_type() if isinstance(self.check, Number) else None
+
+
+_hostname = field(default_factory=socket.gethostname)
+OPTIONS: tuple[Option, ...] = (
+    Option("replay", None, _path_or_none, "Replay an AIFF/WAV/FLAC recording (any sample rate) "
+           "instead of a device.", click_type=FILE),
+    Option("device", None, _device, "Sound card: index, name, or ALSA card such as hw:1.",
+           toml=(str, int)),
+    Option("channel", 0, Number(int, 0), "Input channel, from 0.", "0", int),
+    Option("realtime", False, _bool, "Pace a replay at 1x like a live device, instead of as fast "
+           "as possible.", "off", bool, flag=True),
+    Option("hop", DEFAULT_HOP_SECONDS, Number(float, 0, WINDOW_SECONDS, lo_open=True),
+           "Window hop: seconds between 2-s windows.", str(DEFAULT_HOP_SECONDS), float),
+    Option("sensitivity", "balanced", _choice(*SENSITIVITIES), "Operating point from the model "
+           "card's presets: high (more calls, more false alarms), balanced or strict.",
+           "balanced", click_type=click.Choice(SENSITIVITIES)),
+    Option("threshold", None, Number(float, 0, 1), "Event threshold on the up-call probability; "
+           "overrides --sensitivity.", "the preset's", float),
+    Option("model", None, _path_or_none, "ONNX model.", "shipped model", click_type=FILE),
+    Option("provider", "auto", _choice("auto", "cpu", "cuda"), "onnxruntime execution provider.",
+           "auto", click_type=click.Choice(["auto", "cpu", "cuda"])),
+    Option("threads", 1, Number(int, 0), "Model threads, 0 = all cores.", "1", int),
+    Option("batch", 64, Number(int, 1), "Windows per model call.", "64", int),
+    Option("station", _hostname, _string, "Station name in events.", "host name"),
+    Option("start_time", None, _time, "UTC time of a replay's first sample (ISO-8601)."),
+    Option("publish", (DEFAULT_ENDPOINT,), _endpoints, "ZeroMQ endpoint to bind; repeatable.",
+           f"`{DEFAULT_ENDPOINT}`", list, multiple=True, output="detector.zmq_output"),
+    Option("heartbeat", 10.0, Number(float, 0, lo_open=True), "Seconds between status messages.",
+           "10", float),
+    Option("events_log", Path("whale-listen-events.jsonl"), lambda v: Path(_string(v)),
+           "Durable JSON-lines log of every event.", "`whale-listen-events.jsonl`",
+           click_type=FILE),
+    Option("wait_subscribers", 0, Number(int, 0), "Replay: wait for this many subscribers "
+           "before starting.", "0", int),
+    Option("linger", 2.0, Number(float, 0), "Seconds to deliver the last events before exit.",
+           "2", float),
+    Option("mqtt", None, _mqtt_url, "Also publish to an MQTT broker: mqtt[s]://host[:port]/topic "
+           "(events at QoS 1, retained online/offline state).", "off", output="detector.mqtt"),
+    Option("mqtt_auth_file", None, _path_or_none, "MQTT user name (first line) and password "
+           "(second line).", click_type=FILE),
+    Option("mqtt_ca_file", None, _path_or_none, "mqtts: CA certificates to trust.",
+           "system CAs", click_type=FILE),
+    Option("metrics_port", None, Number(int, 1, 65535), "Serve Prometheus metrics of the status "
+           "counters on http://127.0.0.1:PORT/metrics.", "off", int, output="detector.metrics"),
+    Option("clips", None, _path_or_none, "Save each event's audio (+- 1 s, FLAC) and spectrogram "
+           "(PNG) in this directory.", "off", click_type=DIRECTORY, output="detector.clip_output"),
+    Option("min_free_mb", 100.0, Number(float, 0), "Skip clips when the disk has less free space "
+           "than this (MiB).", "100", float),
+    Option("stall_timeout", 10.0, Number(float, 0, lo_open=True), "Device: seconds without audio "
+           "before the card counts as down.", "10", float),
+    Option("retry_max", 30.0, Number(float, 0, lo_open=True), "Device: longest wait (s) between "
+           "attempts to reopen a lost card.", "30", float),
+    Option("blocksize", 0, Number(int, 0), "Device: frames per PortAudio callback, 0 = "
+           "PortAudio's choice.", "0", int),
+)  # fmt: skip
+
+
+def _settings_field(option: Option) -> tuple:
+    if isinstance(option.default, type(_hostname)):
+        return option.name, object, option.default
+    return option.name, object, field(default=option.default)
+
+
+def _with_overrides(self: "Settings", **values: object) -> "Settings":
+    return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+Settings = make_dataclass(
+    "Settings",
+    [_settings_field(o) for o in OPTIONS],
+    frozen=True,
+    namespace={"with_overrides": _with_overrides, "__module__": __name__},
+)
+Settings.__doc__ = "Every daemon setting (see OPTIONS): defaults < config file < command line."
+KEYS = {o.name for o in OPTIONS}
+CHECKS = {o.name: o.check for o in OPTIONS}
+
+
+def window_hop_samples(seconds: float) -> int:
+    """The window hop in 2 kHz samples; under one sample is an error (the bound is open at 0)."""
+    hop = int(round(seconds * SAMPLE_RATE))
+    if hop < 1:
+        raise WhaleError(f"hop {seconds} s is under one sample at {SAMPLE_RATE} Hz")
+    return hop
 
 
 def load_config(path: Path) -> dict:

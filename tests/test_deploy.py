@@ -8,35 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from detector.settings import OPTIONS
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 UNIT = DEPLOY / "whale-listen.service"
 INSTALL = DEPLOY / "install.sh"
 EXAMPLE = DEPLOY / "config.example.toml"
 
-CONFIG_KEYS = {
-    "replay": str,
-    "device": (str, int),
-    "channel": int,
-    "realtime": bool,
-    "hop": float,
-    "threshold": float,
-    "model": str,
-    "provider": str,
-    "threads": int,
-    "batch": int,
-    "station": str,
-    "start_time": str,
-    "publish": list,
-    "heartbeat": float,
-    "events_log": str,
-    "wait_subscribers": int,
-    "linger": float,
-    "clips": str,
-    "min_free_mb": float,
-    "retry_max": float,
-    "stall_timeout": float,
-    "blocksize": int,
-}
+CONFIG_KEYS = {option.name: option.toml for option in OPTIONS}  # the one declaration
 
 
 # ---- systemd unit ----------------------------------------------------------------------------

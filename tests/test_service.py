@@ -24,11 +24,13 @@ from detector import cli
 from detector.errors import WhaleError
 from detector.events import merge_events
 from detector.notify import Notifier
+from detector.outputs import Output
 from detector.pipeline import Listener
 from detector.publish import EventLog, Publisher, read_events
 from detector.ring import RingBuffer
-from detector.service import AllHooks, SystemdHooks, status_line
+from detector.service import SystemdOutput, status_line
 from detector.windows import frame_windows
+from detector.zmq_output import ZmqOutput
 from train import synth
 
 SR = 2000
@@ -153,8 +155,8 @@ def test_a_stalled_scoring_loop_stops_the_watchdog_pings(tmp_path, notify_socket
     log = EventLog(tmp_path / "ev.jsonl")
     publisher = Publisher([f"ipc://{tmp_path}/p.sock"])
     listener = Listener(
-        model, 0.5, 1000, log, publisher, "test", heartbeat_s=60,
-        hooks=SystemdHooks(notifier), stall_s=60,
+        model, 0.5, 1000, log, [SystemdOutput(notifier), ZmqOutput(publisher)], "test",
+        heartbeat_s=60, stall_s=60,
     )  # fmt: skip
     thread = threading.Thread(target=listener.run, args=(source, START), daemon=True)
     thread.start()
@@ -336,12 +338,12 @@ def listen(tmp_path, source, reopen, **kwargs):
     publisher = Publisher([f"ipc://{tmp_path}/p.sock"])
     statuses: list[dict] = []
 
-    class Record(AllHooks):
+    class Record(Output):
         def on_status(self, status: dict) -> None:
             statuses.append(status)
 
-    listener = Listener(LoudModel(), 0.5, 1000, log, publisher, "test", heartbeat_s=0.05,
-                        hooks=Record(), **kwargs)  # fmt: skip
+    listener = Listener(LoudModel(), 0.5, 1000, log, [ZmqOutput(publisher), Record()], "test",
+                        heartbeat_s=0.05, **kwargs)  # fmt: skip
     thread = threading.Thread(target=listener.run, args=(source, START, reopen), daemon=True)
     thread.start()
     return listener, thread, log, publisher, statuses

@@ -41,6 +41,7 @@ def test_config_values_apply(tmp_path):
         channel = 1
         realtime = true
         hop = 0.25
+        sensitivity = "strict"
         threshold = 0.8
         model = "/opt/models/upcall.onnx"
         provider = "cpu"
@@ -54,6 +55,10 @@ def test_config_values_apply(tmp_path):
         wait_subscribers = 1
         linger = 0.5
         clips = "/var/lib/whale-listen/clips"
+        mqtt = "mqtts://shore:8883/whales/b7"
+        mqtt_auth_file = "/etc/whale-listen/mqtt.auth"
+        mqtt_ca_file = "/etc/ca.pem"
+        metrics_port = 9108
         min_free_mb = 500
         retry_max = 60
         stall_timeout = 5
@@ -64,6 +69,7 @@ def test_config_values_apply(tmp_path):
     assert set(values) == KEYS - {"replay"}
     s = Settings().with_overrides(**values)
     assert s.device == "3" and s.channel == 1 and s.realtime is True
+    assert s.sensitivity == "strict"
     assert s.hop == 0.25 and s.threshold == 0.8 and s.model == Path("/opt/models/upcall.onnx")
     assert s.provider == "cpu" and s.threads == 2 and s.batch == 16
     assert s.station == "cape-cod-1"
@@ -73,6 +79,9 @@ def test_config_values_apply(tmp_path):
     assert s.events_log == Path("/var/lib/whale-listen/events.jsonl")
     assert s.wait_subscribers == 1 and s.linger == 0.5
     assert s.clips == Path("/var/lib/whale-listen/clips")
+    assert s.mqtt == "mqtts://shore:8883/whales/b7"
+    assert s.mqtt_auth_file == Path("/etc/whale-listen/mqtt.auth")
+    assert s.mqtt_ca_file == Path("/etc/ca.pem") and s.metrics_port == 9108
     assert s.min_free_mb == 500 and s.retry_max == 60
     assert s.stall_timeout == 5.0 and s.blocksize == 400
 
@@ -121,6 +130,10 @@ def test_times_without_zone_are_utc_and_a_single_endpoint_is_a_list(tmp_path):
         ("linger = inf", "linger"),
         ("min_free_mb = nan", "min_free_mb"),
         ("stall_timeout = -inf", "stall_timeout"),
+        ('sensitivity = "loud"', "sensitivity"),
+        ('mqtt = "http://shore/t"', "mqtt"),
+        ('mqtt = "mqtt://shore"', "mqtt"),
+        ("metrics_port = 70000", "metrics_port"),
     ],
 )
 def test_bad_value_names_key_and_file(tmp_path, line, key):
@@ -195,3 +208,27 @@ def test_example_config_matches_settings():
     text = EXAMPLE.read_text()
     missing = [k for k in KEYS if not re.search(rf"^[#\s]*{k}\s*=", text, re.MULTILINE)]
     assert not missing, f"settings absent from {EXAMPLE.name}: {missing}"
+
+
+NOT_SETTING_ROWS = {"--list-devices", "--config"}
+
+
+def _readme_option_rows() -> dict[str, str]:
+    """`--option` -> its default column, from the README's option table."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("### Options") : text.index("### Events")]
+    rows = {}
+    for line in table.splitlines():
+        match = re.match(r"^\| `(--[a-z-]+)[^`]*` \|([^|]*)\|", line)
+        if match:
+            rows[match.group(1)] = match.group(2).strip()
+    return rows
+
+
+def test_readme_option_table_follows_the_declarations():
+    from detector.settings import OPTIONS
+
+    rows = _readme_option_rows()
+    assert set(rows) - NOT_SETTING_ROWS == {o.option for o in OPTIONS}
+    for option in OPTIONS:
+        assert rows[option.option] == (option.shown or ""), option.name
