@@ -430,43 +430,48 @@ def test_every_planted_call_found_once_within_one_hop(tmp_path, real_model):
     assert sorted(m[0] for m in matched) == sorted(centres), "a call missed or found twice"
 
 
-def test_held_out_recording_as_good_as_the_card_says(tmp_path, real_model):
-    """Recall and precision of the daemon's events on the card's held-out DCLDE recordings.
+def test_every_preset_keeps_the_card_s_promise_on_the_real_recordings(tmp_path, real_model):
+    """The daemon's events at each preset on every DCLDE recording and the Gulf background.
 
-    The shipped model is trained on every recording afterwards, so there it must do at least as
-    well as the held-out figures its card promises; a held-out run's own model matches them."""
-    folder = SHARED_DATA / "dclde2013"
-    if not (folder / "annotations.csv").exists():
-        pytest.skip(f"real recordings absent ({folder})")
-    card = json.loads(card_path(real_model).read_text())
-    threshold = card.get("threshold")
-    rows = (card.get("metrics") or {}).get("cnn", {}).get("table", [])
-    row = next((r for r in rows if r["threshold"] == threshold), None)
-    metrics = card.get("metrics") or {}
-    held = [n for n in metrics.get("held_out") or [] if (folder / n).exists()]
-    if row is None or not held:
-        pytest.skip("the model card has no held-out DCLDE metrics at its threshold")
+    The presets' figures come from leave-one-day-out cross-validation (models that never saw the
+    day); the shipped model was trained on all of these recordings afterwards, so here it must do
+    at least as well as each preset promises: a threshold that did not carry over to the
+    all-data model (scores squeezed or stretched) would fall short."""
+    folder, background = SHARED_DATA / "dclde2013", SHARED_DATA / "background"
+    if not (folder / "annotations.csv").exists() or not background.is_dir():
+        pytest.skip(f"real recordings absent ({SHARED_DATA})")
+    presets = json.loads(card_path(real_model).read_text()).get("presets")
+    if not presets:
+        pytest.skip("the model card has no cross-validated presets")
     with open(folder / "annotations.csv", newline="") as f:
         calls = [(r["filename"], float(r["start"]), float(r["end"])) for r in csv.DictReader(f)]
-    n_calls = n_found = n_events = n_hits = 0
-    for name in held:
-        events = replay(folder / name, real_model, tmp_path / f"{name}.jsonl")
-        spans = [(s, e) for f, s, e in calls if f == name]
-        found = [False] * len(spans)
-        for ev in events:  # the README's rule: the span widened by 0.5 s overlaps a call
-            lo, hi = ev["offset_start_s"] - 0.5, ev["offset_end_s"] + 0.5
-            overlaps = [j for j, (s, e) in enumerate(spans) if lo < e and s < hi]
-            n_hits += bool(overlaps)
-            for j in overlaps:
-                found[j] = True
-        n_calls, n_found, n_events = (
-            n_calls + len(spans),
-            n_found + sum(found),
-            n_events + len(events),
-        )
-    assert n_calls == row["calls"]
-    assert n_found / n_calls >= row["recall"] - 0.02
-    assert (n_hits / n_events if n_events else 1.0) >= row["precision"] - 0.02
+    names = sorted({name for name, _, _ in calls})
+    for sensitivity, promise in presets.items():
+        n_calls = n_found = n_events = n_hits = 0
+        for name in names:
+            log = tmp_path / f"{sensitivity}-{name}.jsonl"
+            events = replay(folder / name, real_model, log, sensitivity=sensitivity)
+            assert {ev["threshold"] for ev in events} <= {promise["threshold"]}
+            spans = [(s, e) for f, s, e in calls if f == name]
+            found = [False] * len(spans)
+            for ev in events:  # the README's rule: the span widened by 0.5 s overlaps a call
+                lo, hi = ev["offset_start_s"] - 0.5, ev["offset_end_s"] + 0.5
+                overlaps = [j for j, (s, e) in enumerate(spans) if lo < e and s < hi]
+                n_hits += bool(overlaps)
+                for j in overlaps:
+                    found[j] = True
+            n_calls += len(spans)
+            n_found += sum(found)
+            n_events += len(events)
+        false_alarms = hours = 0.0
+        for wav in sorted(background.glob("*.wav")):
+            log = tmp_path / f"{sensitivity}-{wav.name}.jsonl"
+            false_alarms += len(replay(wav, real_model, log, sensitivity=sensitivity))
+            hours += sf.info(str(wav)).duration / 3600
+        assert n_calls == 91
+        assert n_found / n_calls >= promise["recall"] - 0.02, sensitivity
+        assert (n_hits / n_events if n_events else 1.0) >= promise["precision"] - 0.02, sensitivity
+        assert false_alarms / hours <= promise["background_false_alarms_per_hour"] + 0.01
 
 
 def test_file_name_sets_event_times_and_start_time_overrides(tmp_path, tiny_model):
