@@ -2,15 +2,18 @@
 # Install whale-listen as a systemd service on a Debian-like system. Safe to run again: files
 # already in place are left alone and an edited config is never overwritten.
 #
-#   deploy/install.sh [--root DIR] [--python PY]
+#   deploy/install.sh [--root DIR] [--venv VENV | --python PY]
 #
 #   --root DIR   install into DIR instead of / (a chroot or image being built). The service user
 #                is then added by editing DIR/etc/passwd, DIR/etc/group and DIR/etc/shadow, and
 #                systemctl is not run: enable the unit inside DIR.
-#   --python PY  also install the Python package with "PY -m pip install" (PY is the target's
-#                interpreter, e.g. a venv's /opt/whale-listen/bin/python; with --root, pip's
-#                --root DIR is added) and link its whale-listen script to
-#                /usr/local/bin/whale-listen, where the unit runs it.
+#   --venv VENV  make VENV (e.g. /opt/whale-listen) a virtual environment of /usr/bin/python3,
+#                install the package into it and link VENV/bin/whale-listen to
+#                /usr/local/bin/whale-listen, where the unit runs it. With --root, DIR/VENV is
+#                made so that it runs inside DIR: its scripts name VENV and its interpreter is
+#                /usr/bin/python3, which DIR must hold in the same version and architecture.
+#   --python PY  instead, install with "PY -m pip install" into an existing interpreter and link
+#                its whale-listen script (not with --root: the scripts would name PY, outside DIR).
 set -eu
 
 SERVICE=whale-listen
@@ -19,9 +22,11 @@ AUDIO_GID=29 # Debian's fixed gid for "audio", used when the group must be creat
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=/
 PY=
+VENV=
+VENV_PYTHON=/usr/bin/python3 # the buoy's own interpreter, at the same path inside a --root
 
 usage() {
-    echo "usage: $0 [--root DIR] [--python PY]" >&2
+    echo "usage: $0 [--root DIR] [--venv VENV | --python PY]" >&2
     exit 2
 }
 
@@ -29,24 +34,58 @@ while [ $# -gt 0 ]; do
     case $1 in
     --root) [ $# -ge 2 ] || usage; ROOT=$2; shift 2 ;;
     --python) [ $# -ge 2 ] || usage; PY=$2; shift 2 ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    --venv) [ $# -ge 2 ] || usage; VENV=$2; shift 2 ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     *) usage ;;
     esac
 done
+[ -z "$PY" ] || [ -z "$VENV" ] || usage
 case $ROOT in /*) ;; *) ROOT=$(pwd)/$ROOT ;; esac
 ROOT=${ROOT%/}  # "" for the real system, so "$ROOT/etc" is always right
-[ -z "$ROOT" ] || [ -d "$ROOT" ] || { echo "install.sh: --root $ROOT: no such directory" >&2; exit 1; }
+die() { echo "install.sh: $*" >&2; exit 1; }
+[ -z "$ROOT" ] || [ -d "$ROOT" ] || die "--root $ROOT: no such directory"
+[ -z "$PY" ] || [ -z "$ROOT" ] || die "--python $PY with --root: its scripts would run $PY, which is not in $ROOT; use --venv"
+case $VENV in "" | /*) ;; *) die "--venv $VENV: give an absolute path (e.g. /opt/whale-listen)" ;; esac
+VENV=${VENV%/}
 
 say() { echo "whale-listen install: $*"; }
 
-# ---- the Python package --------------------------------------------------------------------
-if [ -n "$PY" ]; then
-    if [ -n "$ROOT" ]; then
-        "$PY" -m pip install --root "$ROOT" "$REPO" # same interpreter path inside ROOT
-    else
-        "$PY" -m pip install "$REPO"
+# ---- a virtual environment (--venv) ------------------------------------------------------------
+if [ -n "$VENV" ]; then
+    [ -x "$VENV_PYTHON" ] || die "$VENV_PYTHON not found: apt-get install python3 python3-venv"
+    version=$("$VENV_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if [ -n "$ROOT" ] && [ ! -e "$ROOT/usr/bin/python$version" ]; then
+        die "$ROOT has no /usr/bin/python$version for the venv to run: install python3 ($version) in it first"
     fi
+    here=$ROOT$VENV # where the venv lies on this machine
+    if [ -x "$here/bin/python" ]; then
+        say "unchanged venv $here"
+    else
+        "$VENV_PYTHON" -m venv "$here" || die "cannot make a venv at $here (Debian: apt-get install python3-venv)"
+        say "created venv $here"
+    fi
+    "$here/bin/python" -m pip install --quiet --disable-pip-version-check "$REPO" ||
+        die "pip could not install $REPO into $here"
+    say "installed whale-listen into $here"
+    if [ -n "$ROOT" ]; then
+        # The venv was made at $ROOT$VENV but runs at $VENV: scripts, activate files and
+        # pyvenv.cfg name the staging path, so rewrite it (bin/python3 already names /usr/bin).
+        for f in "$here/pyvenv.cfg" "$here"/bin/*; do
+            if [ -f "$f" ] && [ ! -L "$f" ] && grep -IqF "$here" "$f"; then
+                sed -i "s|$here|$VENV|g" "$f"
+            fi
+        done
+    fi
+    scripts=$VENV/bin
+fi
+
+# ---- an existing interpreter (--python) --------------------------------------------------------
+if [ -n "$PY" ]; then
+    "$PY" -m pip install "$REPO"
     scripts=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+fi
+
+if [ -n "$PY$VENV" ]; then
     target=$scripts/whale-listen
     link=$ROOT/usr/local/bin/whale-listen
     if [ "$target" = /usr/local/bin/whale-listen ]; then

@@ -7,7 +7,28 @@ import soundfile as sf
 from PIL import Image
 
 from detector import clips
-from detector.clips import ClipWriter, png_bytes, spectrogram_image, write_png
+from detector.clips import (
+    BACKGROUND,
+    FREQ_TICKS_HZ,
+    HEIGHT,
+    INK,
+    LEFT,
+    PLOT_H,
+    PLOT_W,
+    SPAN,
+    TICK,
+    TOP,
+    WIDTH,
+    ClipWriter,
+    event_title,
+    plot_col,
+    plot_row,
+    png_bytes,
+    review_image,
+    spectrogram_image,
+    spectrogram_levels,
+    write_png,
+)
 from detector.errors import WhaleError
 
 RATE = 2000
@@ -28,7 +49,7 @@ def test_clip_holds_the_event_plus_one_second_each_side(tmp_path):
     x = _signal(60)
     writer = ClipWriter(tmp_path / "clips")
     _feed(writer, x, block=777)  # blocks that do not divide the history
-    event = {"id": "0b7f6c1e-2d7a-4f7e-9a55-1f3c1d0b9e21"}
+    event = {"id": "0b7f6c1e-2d7a-4f7e-9a55-1f3c1d0b9e21", "score": 0.99, "threshold": 0.9}
     path = writer.save(event, start_sample=100_000, end_sample=103_000)  # closed ~8 s later
     assert path == tmp_path / "clips" / f"{event['id']}.flac"
     audio, rate = sf.read(path, dtype="float32")
@@ -36,7 +57,11 @@ def test_clip_holds_the_event_plus_one_second_each_side(tmp_path):
     assert sf.info(str(path)).subtype == "PCM_16"
     np.testing.assert_allclose(audio, x[98_000:105_000], atol=1 / 32767)
     image = np.asarray(Image.open(path.with_suffix(".png")))
-    assert image.shape == (65 * clips.ROW_REPEAT, (7000 - 256) // 32 + 1, 3)
+    assert image.shape == (HEIGHT, WIDTH, 3) and WIDTH >= 640
+    # the event (samples 100_000..103_000) starts 1 s into the 3.5-s clip: bracketed there
+    c0, c1 = plot_col(1.0, 3.5), plot_col(2.5, 3.5)
+    assert (image[TOP - 5, c0 : c1 + 1] == SPAN).all()
+    assert (image[TOP - 5, c0 - 3] == BACKGROUND).all() and (image[TOP - 5, c1 + 3] != SPAN).any()
     assert writer.saved == 1 and writer.errors == 0
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.stem + ".png"]
 
@@ -109,11 +134,84 @@ def test_uncreatable_directory_is_a_whale_error(tmp_path):
 
 def test_spectrogram_puts_a_tone_at_its_frequency_from_the_bottom():
     t = np.arange(4 * RATE) / RATE
-    image = spectrogram_image(np.sin(2 * np.pi * 125.0 * t))
+    x = 0.01 * np.random.default_rng(0).standard_normal(len(t))
+    x[RATE : 2 * RATE] += np.sin(2 * np.pi * 125.0 * t[RATE : 2 * RATE])  # a 1-s tone burst
+    image = spectrogram_image(x)
+    assert image.shape == (PLOT_H, PLOT_W, 3)
     brightness = image.astype(int).sum(axis=2).mean(axis=1)
-    row = int(np.argmax(brightness))
-    bin_from_bottom = (image.shape[0] - 1 - row) // clips.ROW_REPEAT
-    assert bin_from_bottom == 16  # 125 Hz / (2000 Hz / 256)
+    hz = clips.MAX_FREQ_HZ * (1 - int(np.argmax(brightness)) / (PLOT_H - 1))
+    assert abs(hz - 125.0) < 2000 / 256  # within a bin; 0 Hz is the bottom row
+
+
+def _faint_call_over_rumble(seed: int = 3) -> tuple[np.ndarray, int, int]:
+    from train import synth  # numpy and scipy only
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(6 * RATE) / RATE
+    x = 0.05 * synth.noise(rng, len(t)) + 0.3 * np.sin(2 * np.pi * 12.0 * t)  # 12 Hz rumble
+    call = synth.upcall(rng)
+    at = 2 * RATE
+    x[at : at + len(call)] += 0.03 * call  # about -20 dB under the rumble
+    return x, at, at + len(call)
+
+
+def test_a_faint_call_shows_and_the_rumble_under_30_hz_does_not_saturate():
+    x, start, end = _faint_call_over_rumble()
+    levels = spectrogram_levels(x)  # [bins, frames], 7.8 Hz bins, 8-ms frames
+    frames = slice((start - 256) // clips.HOP, end // clips.HOP)
+    call_band = levels[6:33, frames]  # 50-250 Hz while the call lasts
+    assert call_band.max() == 1.0
+    assert np.percentile(call_band, 95) > 2 * np.percentile(levels[6:33], 50) + 0.3
+    assert levels[:4].mean() < 0.4  # the band under 30 Hz is scaled to its own level
+
+
+def test_review_png_has_axis_ticks_labels_title_and_span():
+    x, start, end = _faint_call_over_rumble()
+    span = (1.0, 2.0)  # event from 1 s to 2 s into the 6-s clip
+    image = review_image(x, span=span, title=("UP-CALL  SCORE 0.9731", "EST  2009-03-28"))
+    assert image.shape == (HEIGHT, WIDTH, 3) and WIDTH >= 640
+    ink = (image == INK).all(axis=2)
+    # frequency ticks: a mark left of the axis at each tick, blank halfway between them
+    for hz in FREQ_TICKS_HZ:
+        row = plot_row(hz)
+        assert ink[row, LEFT - 1 - TICK : LEFT - 1].all(), hz
+        assert ink[row - 4 : row + 5, : LEFT - 1 - TICK].any(), f"no label at {hz} Hz"
+    for low, high in zip(FREQ_TICKS_HZ, FREQ_TICKS_HZ[1:], strict=False):
+        assert not ink[plot_row((low + high) / 2), LEFT - 1 - TICK : LEFT - 1].any()
+    assert plot_row(0) == TOP + PLOT_H - 1 and plot_row(500) == TOP
+    # time ticks every 0.5 s from -1 s to 5 s after the event start, each with a label below
+    bottom = TOP + PLOT_H
+    for k in range(-2, 11):
+        col = plot_col(1.0 + 0.5 * k, 6.0)
+        assert ink[bottom + 1 : bottom + 1 + TICK, col].all(), k
+        assert ink[bottom + TICK + 4 : bottom + TICK + 4 + 7, col - 8 : col + 9].any(), k
+        assert not ink[bottom + 1 : bottom + 1 + TICK, col + 5 : col + 10].any()
+    # the span: bracket above the plot from start to end, dashed lines through the plot
+    c0, c1 = plot_col(1.0, 6.0), plot_col(2.0, 6.0)
+    spanned = (image[TOP - 5] == SPAN).all(axis=1)
+    assert spanned[c0 : c1 + 1].all() and spanned.sum() == c1 - c0 + 1
+    assert (image[TOP : TOP + 4, c0] == SPAN).all() and (image[TOP + 4 : TOP + 8, c0] != SPAN).any()
+    assert ink[4:44, 8:200].sum() > 200  # the title lines
+    # the plot is the spectrogram
+    plot = image[TOP : TOP + PLOT_H, LEFT : LEFT + PLOT_W]
+    clean = spectrogram_image(x)
+    off_lines = np.ones(PLOT_W, dtype=bool)
+    off_lines[[c0 - LEFT, c1 - LEFT]] = False
+    np.testing.assert_array_equal(plot[:, off_lines], clean[:, off_lines])
+
+
+def test_event_title_says_what_fired_how_sure_where_and_when():
+    event = {
+        "score": 0.99934,
+        "threshold": 0.998,
+        "station": "EST-07",
+        "start": "2009-03-28T00:19:55.500Z",
+    }
+    assert event_title(event) == (
+        "UP-CALL  SCORE 0.9993  THRESHOLD 0.998",
+        "EST-07  2009-03-28 00:19:55.500Z",
+    )
+    assert event_title({}) == ("UP-CALL", "")
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (7, 5, 3)])

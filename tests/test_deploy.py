@@ -181,22 +181,103 @@ def test_install_keeps_an_edited_config_and_existing_accounts(tmp_path):
     assert sum(line.startswith("whale-listen:") for line in shadow) == 1
 
 
-def test_install_with_python_installs_the_package_and_links_the_script(tmp_path):
+def test_install_refuses_python_with_root(tmp_path):
+    """pip --root would write scripts that run the host's interpreter, absent from the root."""
     root = tmp_path / "root"
     root.mkdir()
-    calls = tmp_path / "calls.txt"
-    fake_python = tmp_path / "python"
-    fake_python.write_text(
-        "#!/bin/sh\n"
-        f'if [ "$1" = -c ]; then echo /opt/whale-listen/bin; else echo "$@" >>{calls}; fi\n'
+    result = subprocess.run(
+        ["sh", str(INSTALL), "--root", str(root), "--python", "/usr/bin/python3"],
+        capture_output=True,
+        text=True,
     )
-    fake_python.chmod(0o755)
-    _install(root, "--python", str(fake_python))
-    _install(root, "--python", str(fake_python))
-    repo = str(DEPLOY.parent)
-    assert calls.read_text().splitlines() == [f"-m pip install --root {root} {repo}"] * 2
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"install.sh: --python /usr/bin/python3 with --root: its scripts would run "
+        f"/usr/bin/python3, which is not in {root}; use --venv"
+    ]
+    assert not any(root.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--venv", "opt/whale-listen"], "give an absolute path"),
+        (["--venv", "/opt/whale-listen"], "has no /usr/bin/python3."),  # root without python
+    ],
+)
+def test_install_venv_refusals_are_one_line(tmp_path, args, message):
+    root = tmp_path / "root"
+    root.mkdir()
+    result = subprocess.run(
+        ["sh", str(INSTALL), "--root", str(root), *args], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1 and message in result.stderr, result.stderr
+    assert not any(root.iterdir())
+
+
+VENV_PYTHON = Path("/usr/bin/python3")
+
+
+def _python_version(python: Path) -> str:
+    return subprocess.run(
+        [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@pytest.mark.skipif(not VENV_PYTHON.exists(), reason="no /usr/bin/python3 (not Debian-like)")
+def test_install_venv_into_a_root_runs_inside_it(tmp_path):
+    """--root DIR --venv /opt/whale-listen: the root's own paths, nothing naming DIR, and the
+    venv runs when DIR/opt is mounted at /opt (in a private mount namespace)."""
+    if subprocess.run([str(VENV_PYTHON), "-m", "venv", "--help"], capture_output=True).returncode:
+        pytest.skip("/usr/bin/python3 has no venv module (apt-get install python3-venv)")
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / f"usr/bin/python{_python_version(VENV_PYTHON)}").touch()  # the image's python
+    env = {**os.environ, "PIP_NO_DEPS": "1"}  # the package alone: the deps are pip's business
+
+    def install() -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            ["sh", str(INSTALL), "--root", str(root), "--venv", "/opt/whale-listen"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        return result
+
+    first = install()
+    assert f"created venv {root}/opt/whale-listen" in first.stdout
+    venv = root / "opt/whale-listen"
     link = root / "usr/local/bin/whale-listen"
     assert os.readlink(link) == "/opt/whale-listen/bin/whale-listen"
+    assert (venv / "bin/whale-listen").read_text().startswith("#!/opt/whale-listen/bin/python\n")
+    assert os.readlink(venv / "bin/python3") == str(VENV_PYTHON)
+    for path in [venv / "pyvenv.cfg", *(venv / "bin").iterdir()]:
+        if path.is_file() and not path.is_symlink():
+            assert str(root) not in path.read_text(errors="replace"), path
+    second = install()
+    assert "unchanged venv" in second.stdout and "unchanged " + str(link) in second.stdout
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("running the root's venv needs root and unshare (a mount namespace)")
+    code = "import sys, detector; print(sys.prefix, detector.__file__, detector.__version__)"
+    script = f"mount --bind {root}/opt /opt && /opt/whale-listen/bin/python -c '{code}'"
+    ran = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=tmp_path
+    )
+    if ran.returncode and "unshare" in ran.stderr:
+        pytest.skip(f"no mount namespace here: {ran.stderr.strip()}")
+    from detector import __version__
+
+    assert ran.returncode == 0, ran.stderr
+    prefix, module, version = ran.stdout.split()
+    assert prefix == "/opt/whale-listen" and version == __version__
+    assert module.startswith("/opt/whale-listen/lib/python")
 
 
 def test_install_rejects_unknown_options(tmp_path):

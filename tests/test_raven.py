@@ -1,12 +1,17 @@
 import csv
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from detector.errors import WhaleError
 from detector.events import RawEvent, build_event
 from detector.publish import EventLog
-from detector.raven import COLUMNS, events_to_raven, export_raven
+from detector.raven import COLUMNS, MULTI_FILE_COLUMNS, events_to_raven, export_raven
 
 MODEL = {"name": "upcall-cnn", "sha256": "ab" * 32}
 
@@ -53,16 +58,75 @@ def test_round_trip_from_an_event_log(tmp_path):
     assert [float(row["Score"]) for row in rows] == [0.9123, 0.6]
 
 
-def test_several_sources_get_a_begin_file_column(tmp_path):
+def _recording(path, seconds: float, rate: int = 2000):
+    kind = "AIFF" if path.suffix == ".aif" else None  # soundfile only guesses .aiff
+    sf.write(path, np.zeros(int(seconds * rate), dtype=np.float32), rate, format=kind)
+    return path
+
+
+def test_several_files_count_times_over_the_file_sequence(tmp_path):
+    a = _recording(tmp_path / "a.wav", 10.0)
+    b = _recording(tmp_path / "b.aif", 5.5, rate=4000)
+    c = _recording(tmp_path / "c.flac", 7.0)
     events = [
-        _event(1, 3000, 5000, 0.9, "/data/a.wav"),
-        _event(1, 2000, 4000, 0.8, "/data/b.aif"),
+        _event(1, 3000, 5000, 0.9, str(a)),  # 1.5-2.5 s into a
+        _event(1, 2000, 4000, 0.8, str(b)),  # 1.0-2.0 s into b, which starts at 10 s
+        _event(2, 9000, 10_000, 0.7, str(b)),
+        _event(1, 0, 2000, 0.6, str(c)),  # c starts at 10 + 5.5 s
+        _event(1, 19_000, 20_000, 0.95, str(a)),  # a again (a second replay): a's own times
     ]
-    out = tmp_path / "both.txt"
+    out = tmp_path / "multi.txt"
     out.write_text(events_to_raven(events))
+    with open(out, encoding="utf-8") as handle:
+        assert handle.readline().rstrip("\n").split("\t") == COLUMNS + MULTI_FILE_COLUMNS
     rows = _rows(out)
-    assert [row["Begin File"] for row in rows] == ["a.wav", "b.aif"]
-    assert [row["Begin Time (s)"] for row in rows] == ["1.500", "1.000"]
+    assert [row["Begin Time (s)"] for row in rows] == [
+        "1.500",
+        "11.000",
+        "14.500",
+        "15.500",
+        "9.500",
+    ]
+    assert [row["End Time (s)"] for row in rows] == [
+        "2.500",
+        "12.000",
+        "15.000",
+        "16.500",
+        "10.000",
+    ]
+    assert [row["File Offset (s)"] for row in rows] == ["1.500", "1.000", "4.500", "0.000", "9.500"]
+    assert [row["Begin File"] for row in rows] == ["a.wav", "b.aif", "b.aif", "c.flac", "a.wav"]
+    assert [row["Begin Path"] for row in rows] == [str(p) for p in (a, b, b, c, a)]
+
+
+def test_multi_file_log_names_relative_sources_from_its_folder(tmp_path, monkeypatch):
+    _recording(tmp_path / "a.wav", 4.0)
+    _recording(tmp_path / "b.wav", 3.0)
+    log = tmp_path / "events.jsonl"
+    with EventLog(log) as event_log:
+        event_log.append(_event(1, 2000, 4000, 0.9, "a.wav"))
+        event_log.append(_event(1, 2000, 4000, 0.9, "b.wav"))
+    monkeypatch.chdir(tmp_path.parent)  # the daemon ran in the log's folder, we are elsewhere
+    rows = _rows(export_raven(log))
+    assert [row["Begin Time (s)"] for row in rows] == ["1.000", "5.000"]
+    assert rows[1]["Begin Path"] == str(tmp_path / "b.wav")
+
+
+def test_multi_file_log_without_its_recordings_is_one_line(tmp_path):
+    log = tmp_path / "events.jsonl"
+    with EventLog(log) as event_log:
+        event_log.append(_event(1, 2000, 4000, 0.9, "/nowhere/a.wav"))
+        event_log.append(_event(1, 2000, 4000, 0.9, "/nowhere/b.wav"))
+    script = Path(sys.executable).with_name("whale-listen")
+    if not script.exists():
+        pytest.skip(f"{script} not installed")
+    result = subprocess.run(
+        [str(script), "export-raven", str(log)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "'/nowhere/a.wav'" in line and "several files" in line
+    assert not (tmp_path / "events.selections.txt").exists()
 
 
 def test_empty_log_gives_a_header_only_table(tmp_path):

@@ -1,6 +1,7 @@
 """The model contract: front end = librosa, ONNX = torch, training learns, export is valid."""
 
 import json
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -78,6 +79,21 @@ def exported(tmp_path_factory):
     export_onnx(model, path)
     write_card(path, model, threshold=0.5, metrics={"note": "untrained"})
     return model, path
+
+
+def test_export_warns_nothing_and_leaves_the_filters_as_they_were(tmp_path):
+    """torch 2.9+ warns on every TorchScript export; ours keeps that exporter on purpose."""
+    model = UpcallDetector().eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(model, tmp_path / "upcall.onnx")
+        warnings.warn("after the export", DeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["after the export"]
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "upcall.onnx",
+        "upcall.frames.onnx",
+        "upcall.head.onnx",
+    }
 
 
 def test_onnx_matches_torch(exported):

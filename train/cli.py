@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from detector import __version__
 from detector.cli import FiniteFloatRange
 from detector.errors import WhaleError
 from detector.model import sha256_file
@@ -64,12 +65,29 @@ class Datasets:
         )
 
 
-@click.group()
+EXAMPLES = """
+\b
+Examples:
+  whale-train train --data ../shared/data/dclde2013/annotations.csv \\
+      --data ../shared/data/background --holdout NOPP6_EST_20090331_220000_CH10.wav \\
+      --out runs/split --steps 3600
+  whale-train evaluate --model runs/split/upcall.onnx \\
+      --data ../shared/data/dclde2013/annotations.csv --only NOPP6_EST_20090331_220000_CH10.wav
+  whale-train demo calls.flac --seconds 120 --calls 6
+"""
+
+# -h as well as --help, on the group and (inherited) on every subcommand; wide enough that
+# the subcommand summaries are not cut short.
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT, epilog=EXAMPLES)
+@click.version_option(__version__, "--version", prog_name="whale-train")
 def main() -> None:
-    """Train and evaluate the whale-listen up-call model."""
+    """Train and evaluate the whale-listen up-call model (needs the train extra: torch)."""
 
 
-@main.command("train")
+@main.command("train", short_help="Train, export and evaluate a model.")
 @click.option(
     "--data",
     "data_paths",
@@ -79,17 +97,50 @@ def main() -> None:
     help="Annotation CSV/Raven table, kaggle folder, right_whale/no_right_whale folder, "
     "or folder of call-free recordings. Repeatable.",
 )
-@click.option("--holdout", multiple=True, help="Recording file name to hold out for evaluation.")
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=Path("runs/latest"), show_default=True
+    "--holdout",
+    multiple=True,
+    help="Recording file name (no folder) to hold out of training and evaluate on. Repeatable.",
 )
-@click.option("--steps", type=click.IntRange(1), default=3600, show_default=True)
-@click.option("--batch-size", type=click.IntRange(2), default=96, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/latest"),
+    show_default=True,
+    help="Folder for NAME.onnx, its streaming halves, its card and the held-out report "
+    "(made if missing).",
 )
-@click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--steps",
+    type=click.IntRange(1),
+    default=3600,
+    show_default=True,
+    help="Training steps (optimizer updates, one batch each); 3600 take about 10 min on 2 cores.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(2),
+    default=96,
+    show_default=True,
+    help="2-s windows per training step.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Random seed (weights and sampling)."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where torch trains: auto takes CUDA when torch has it.",
+)
+@click.option(
+    "--channel",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Input channel of multi-channel recordings (0 = first).",
+)
 @click.option(
     "--threshold",
     type=FiniteFloatRange(0, 1),
@@ -117,13 +168,40 @@ def main() -> None:
     help="crossval.json of a `whale-train crossval` run of this recipe: its pooled table and "
     "presets go into the card, and the balanced preset is the card's threshold.",
 )
-@click.option("--name", default="upcall", show_default=True)
-@click.option("--n-fft", type=click.IntRange(32), default=FrontEndConfig.n_fft, show_default=True)
 @click.option(
-    "--frame-hop", type=click.IntRange(1), default=FrontEndConfig.hop_length, show_default=True
+    "--name",
+    default="upcall",
+    show_default=True,
+    help="Model file name stem: OUT/NAME.onnx and its card OUT/NAME.json.",
 )
-@click.option("--n-mels", type=click.IntRange(8), default=FrontEndConfig.n_mels, show_default=True)
-@click.option("--time-pool", type=click.IntRange(1), default=TIME_POOL, show_default=True)
+@click.option(
+    "--n-fft",
+    type=click.IntRange(32),
+    default=FrontEndConfig.n_fft,
+    show_default=True,
+    help="STFT frame length in samples at 2 kHz (256 = 128 ms, 7.8 Hz bins).",
+)
+@click.option(
+    "--frame-hop",
+    type=click.IntRange(1),
+    default=FrontEndConfig.hop_length,
+    show_default=True,
+    help="STFT frame hop in samples at 2 kHz (40 = 20 ms).",
+)
+@click.option(
+    "--n-mels",
+    type=click.IntRange(8),
+    default=FrontEndConfig.n_mels,
+    show_default=True,
+    help="Mel bands over 30-400 Hz (each must span at least two FFT bins).",
+)
+@click.option(
+    "--time-pool",
+    type=click.IntRange(1),
+    default=TIME_POOL,
+    show_default=True,
+    help="Time step of the CNN's first pooling, in frames (4 halves the later layers' cost).",
+)
 @click.option(
     "--members",
     type=click.IntRange(1, 16),
@@ -371,7 +449,7 @@ def mean_logit_scorer(model_paths: list[Path]) -> Callable[[np.ndarray], np.ndar
     return score
 
 
-@main.command("evaluate")
+@main.command("evaluate", short_help="Evaluate models and the baseline on recordings.")
 @click.option(
     "--model",
     "model_paths",
@@ -388,7 +466,11 @@ def mean_logit_scorer(model_paths: list[Path]) -> Callable[[np.ndarray], np.ndar
     help="Annotation file(s) and/or folders of call-free recordings to evaluate on.",
 )
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=Path("runs/eval"), show_default=True
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/eval"),
+    show_default=True,
+    help="Folder for report.md, pr.png, the galleries and the review tables (made if missing).",
 )
 @click.option(
     "--only",
@@ -396,7 +478,13 @@ def mean_logit_scorer(model_paths: list[Path]) -> Callable[[np.ndarray], np.ndar
     help="Evaluate on this recording file name only (repeatable; default: every recording), "
     "e.g. a validation split's files out of the full annotation table.",
 )
-@click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--channel",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Input channel of multi-channel recordings (0 = first).",
+)
 def evaluate_cmd(model_paths, data_paths, out, only, channel) -> None:
     """Evaluate a model and the baseline on recordings (all of them held out)."""
     try:
@@ -409,12 +497,28 @@ def evaluate_cmd(model_paths, data_paths, out, only, channel) -> None:
         fail(str(e))
 
 
-@main.command("demo")
+@main.command("demo", short_help="Write a synthetic recording with planted up-calls.")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--seconds", type=FiniteFloatRange(10), default=120.0, show_default=True)
-@click.option("--calls", type=click.IntRange(0), default=6, show_default=True)
-@click.option("--lookalikes", type=click.IntRange(0), default=4, show_default=True)
-@click.option("--seed", type=int, default=2026, show_default=True)
+@click.option(
+    "--seconds",
+    type=FiniteFloatRange(10),
+    default=120.0,
+    show_default=True,
+    help="Length of the recording in seconds (2 kHz).",
+)
+@click.option(
+    "--calls", type=click.IntRange(0), default=6, show_default=True, help="Up-calls to plant."
+)
+@click.option(
+    "--lookalikes",
+    type=click.IntRange(0),
+    default=4,
+    show_default=True,
+    help="Sounds in the up-call band that are not up-calls (down-sweeps, tones, moans, ...).",
+)
+@click.option(
+    "--seed", type=int, default=2026, show_default=True, help="Random seed of the recording."
+)
 def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     """Write a synthetic recording (FLAC/WAV/AIFF by extension) with planted up-calls, and a
     CSV of where they are beside it."""
@@ -441,7 +545,7 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     click.echo(f"wrote {path} ({seconds:.0f} s, {len(planted)} up-calls) and its annotations")
 
 
-@main.command("crossval")
+@main.command("crossval", short_help="Leave-one-day-out cross-validation and operating points.")
 @click.option(
     "--data",
     "data_paths",
@@ -474,7 +578,13 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     show_default=True,
     help="Training steps per model (batches of --batch-size windows).",
 )
-@click.option("--batch-size", type=click.IntRange(2), default=96, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(2),
+    default=96,
+    show_default=True,
+    help="Windows per training step (half calls, half not).",
+)
 @click.option(
     "--jobs",
     type=click.IntRange(1, 64),
@@ -497,7 +607,13 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     show_default=True,
     help="Folder for the fold models, crossval.json and report.md.",
 )
-@click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--channel",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Input channel of multi-channel recordings (0 = first).",
+)
 def crossval_cmd(
     data_paths, review, seeds, seed, steps, batch_size, jobs, remix_scale, out, channel
 ) -> None:
@@ -536,7 +652,7 @@ def crossval_cmd(
         fail(str(e))
 
 
-@main.command("adapt")
+@main.command("adapt", short_help="Fine-tune a model to a new site's call-free noise.")
 @click.option(
     "--model",
     "model_path",
@@ -573,14 +689,22 @@ def crossval_cmd(
     show_default=True,
     help="Fine-tuning steps (batches of 96 windows) at a tenth of the training rate.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Random seed (sampling and fine-tuning)."
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
     required=True,
     help="Folder for the adapted model, its streaming halves and card.",
 )
-@click.option("--channel", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--channel",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Input channel of multi-channel recordings (0 = first).",
+)
 def adapt_cmd(model_path, site_paths, data_paths, holdout, steps, seed, out, channel) -> None:
     """Fine-tune a model to a new site's noise (no labels needed) and re-choose its presets'
     thresholds so their false-alarm rates hold there."""
