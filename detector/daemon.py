@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 
 from detector.constants import SAMPLE_RATE
 from detector.errors import WhaleError
+from detector.eventlog import EventLog
 from detector.journal import log as journal
 from detector.journal import say
 from detector.model import card_path, load_model
 from detector.outputs import Output, build_outputs, close_all
 from detector.pipeline import Listener
 from detector.presets import choose_threshold
-from detector.publish import EventLog
 from detector.settings import Settings, window_hop_samples
 from detector.source import STOP_WAIT_S, Input, open_input
 

@@ -4,9 +4,10 @@ from datetime import UTC, datetime
 import pytest
 
 from detector.errors import WhaleError
-from detector.events import RawEvent, build_event
-from detector.publish import EventLog
+from detector.eventlog import EventLog
+from detector.events import RawEvent
 from detector.raven import COLUMNS, events_to_raven, export_raven
+from detector.records import build_event
 
 MODEL = {"name": "upcall-cnn", "sha256": "ab" * 32}
 
@@ -22,7 +23,7 @@ def _event(seq: int, start: int, end: int, score: float, source: str) -> dict:
         source=source,
         model=MODEL,
         threshold=0.5,
-    )
+    ).to_dict()
 
 
 def _rows(path) -> list[dict]:
