@@ -208,6 +208,9 @@ OPTIONS: tuple[Option, ...] = (
            "system CAs", click_type=FILE),
     Option("metrics_port", None, Number(int, 1, 65535), "Serve Prometheus metrics of the status "
            "counters on http://127.0.0.1:PORT/metrics.", "off", int, output="detector.metrics"),
+    Option("metrics_textfile", None, _path_or_none, "Write the same metrics to this file each "
+           "heartbeat (atomically), for node_exporter's textfile collector.", "off",
+           click_type=FILE, output="detector.metrics_textfile"),
     Option("clips", None, _path_or_none, "Save each event's audio (+- 1 s, FLAC) and spectrogram "
            "(PNG) in this directory.", "off", click_type=DIRECTORY, output="detector.clip_output"),
     Option("min_free_mb", 100.0, Number(float, 0), "Skip clips when the disk has less free space "
