@@ -30,13 +30,15 @@ class EventMerger:
     def __init__(
         self,
         threshold: float,
-        hop: int,
+        window_hop: int,
         window: int = WINDOW_SAMPLES,
     ) -> None:
-        if hop <= 0 or window <= 0:
-            raise ValueError(f"hop and window must be positive, got hop={hop} window={window}")
+        if window_hop <= 0 or window <= 0:
+            raise ValueError(
+                f"window hop and window must be positive, got {window_hop} and {window} samples"
+            )
         self.threshold = threshold
-        self.hop = hop
+        self.window_hop = window_hop
         self.window = window
         self._first_start = 0
         self._last_start = 0
@@ -75,7 +77,7 @@ class EventMerger:
             return closed  # the common case: silence
         for start, score in zip(starts.tolist(), scores.tolist(), strict=True):
             above = score >= self.threshold
-            if self.open and (not above or start != self._last_start + self.hop):
+            if self.open and (not above or start != self._last_start + self.window_hop):
                 closed.append(self._close())
             if not above:
                 continue
@@ -99,11 +101,11 @@ def merge_events(
     starts: np.ndarray,
     scores: np.ndarray,
     threshold: float,
-    hop: int,
+    window_hop: int,
     window: int = WINDOW_SAMPLES,
 ) -> list[RawEvent]:
     """Whole-array merge, identical to streaming every window then flushing (for evaluation)."""
-    merger = EventMerger(threshold, hop, window)
+    merger = EventMerger(threshold, window_hop, window)
     return merger.push(starts, scores) + merger.flush()
 
 

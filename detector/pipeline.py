@@ -62,9 +62,11 @@ def dbfs(block: np.ndarray) -> float:
 class Segment:
     """One unbroken stretch of a source: its own resampler and windower, at a stream offset."""
 
-    def __init__(self, source: Source, model: Model, hop: int, batch: int, base: int) -> None:
+    def __init__(
+        self, source: Source, model: Model, window_hop: int, batch: int, base: int
+    ) -> None:
         self.base = base  # stream sample of the segment's first sample
-        self.scorer = make_scorer(model, hop, batch)
+        self.scorer = make_scorer(model, window_hop, batch)
         self.seen = 0  # 2 kHz samples pushed
         self.resampler = (
             StreamingResampler(source.samplerate, SAMPLE_RATE)
@@ -85,7 +87,7 @@ class Listener:
         self,
         model: Model,
         threshold: float,
-        hop: int,
+        window_hop: int,
         log: EventLog,
         outputs: list[Output],
         station: str,
@@ -96,7 +98,7 @@ class Listener:
     ) -> None:
         self.model = model
         self.threshold = threshold
-        self.hop = hop
+        self.window_hop = window_hop
         self.log = log
         self.outputs = outputs  # after the log, in order
         self.station = station
@@ -224,11 +226,11 @@ class Listener:
         c = self.counters
         c.started = time.monotonic()
         self.source = source
-        merger = EventMerger(self.threshold, self.hop, WINDOW_SAMPLES)
-        segment = Segment(source, self.model, self.hop, self.batch, 0)
+        merger = EventMerger(self.threshold, self.window_hop, WINDOW_SAMPLES)
+        segment = Segment(source, self.model, self.window_hop, self.batch, 0)
         self._next_beat = c.started + self.heartbeat_s
         last_audio = c.started
-        read_max = max(self.batch * self.hop, SAMPLE_RATE)  # 2 kHz samples per read
+        read_max = max(self.batch * self.window_hop, SAMPLE_RATE)  # 2 kHz samples per read
         self._each("on_start")
         try:
             while not self._stop.is_set():
@@ -252,7 +254,7 @@ class Listener:
                     c.gap_samples += gap
                     self._pending_gap += gap
                     segment = Segment(
-                        self.source, self.model, self.hop, self.batch, segment.position + gap
+                        self.source, self.model, self.window_hop, self.batch, segment.position + gap
                     )
                     last_audio = now
                 self._tick(now)

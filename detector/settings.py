@@ -247,10 +247,10 @@ CHECKS = {o.name: o.check for o in OPTIONS}
 
 def window_hop_samples(seconds: float) -> int:
     """The window hop in 2 kHz samples; under one sample is an error (the bound is open at 0)."""
-    hop = int(round(seconds * SAMPLE_RATE))
-    if hop < 1:
+    samples = int(round(seconds * SAMPLE_RATE))
+    if samples < 1:
         raise WhaleError(f"hop {seconds} s is under one sample at {SAMPLE_RATE} Hz")
-    return hop
+    return samples
 
 
 def load_config(path: Path) -> dict:

@@ -19,7 +19,7 @@ def _starts(n: int) -> np.ndarray:
 
 def test_single_window_event_spans_its_central_half():
     scores = [0.1, 0.9, 0.2]
-    events = merge_events(_starts(3), scores, threshold=0.5, hop=HOP, window=WIN)
+    events = merge_events(_starts(3), scores, threshold=0.5, window_hop=HOP, window=WIN)
     assert events == [
         RawEvent(start_sample=2000, end_sample=4000, peak_score=0.9, peak_sample=3000, windows=1)
     ]
@@ -27,7 +27,7 @@ def test_single_window_event_spans_its_central_half():
 
 def test_run_of_windows_merges_into_one_event_with_its_peak():
     scores = [0.0, 0.6, 0.8, 0.95, 0.7, 0.1]
-    (event,) = merge_events(_starts(6), scores, threshold=0.5, hop=HOP, window=WIN)
+    (event,) = merge_events(_starts(6), scores, threshold=0.5, window_hop=HOP, window=WIN)
     assert event.start_sample == 1000 + 1000
     assert event.end_sample == 4000 + 3000
     assert event.peak_score == 0.95
@@ -37,7 +37,7 @@ def test_run_of_windows_merges_into_one_event_with_its_peak():
 
 def test_two_separate_events():
     scores = [0.9, 0.9, 0.1, 0.1, 0.7, 0.0]
-    events = merge_events(_starts(6), scores, threshold=0.5, hop=HOP, window=WIN)
+    events = merge_events(_starts(6), scores, threshold=0.5, window_hop=HOP, window=WIN)
     assert [(e.start_sample, e.end_sample, e.windows) for e in events] == [
         (1000, 4000, 2),
         (5000, 7000, 1),
@@ -55,7 +55,7 @@ def test_event_open_at_end_is_closed_by_flush():
 
 
 def test_score_equal_to_threshold_counts_as_above():
-    events = merge_events(_starts(3), [0.2, 0.5, 0.2], threshold=0.5, hop=HOP, window=WIN)
+    events = merge_events(_starts(3), [0.2, 0.5, 0.2], threshold=0.5, window_hop=HOP, window=WIN)
     assert len(events) == 1 and events[0].peak_score == 0.5
 
 
