@@ -24,7 +24,7 @@ from detector.journal import log
 HISTORY_SECONDS = 30.0  # audio kept: covers the event, its margins and the closing delay
 MARGIN_SECONDS = 1.0  # audio saved before and after the event
 N_FFT = 256  # 128 ms frames: 7.8 Hz bins, fine enough for a 50-250 Hz up-call sweep
-HOP = 32  # 16 ms steps
+FRAME_HOP = 32  # spectrogram frames every 16 ms (not the window hop)
 MAX_FREQ_HZ = 500.0  # up-calls sit well below; higher bins are mostly noise
 DYNAMIC_RANGE_DB = 60.0  # quieter than the loudest bin by more than this is drawn black
 ROW_REPEAT = 3  # pixels per frequency bin, so the 65-bin image is not a thin strip
@@ -41,7 +41,7 @@ def spectrogram_db(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     if len(x) < N_FFT:
         x = np.pad(x, (0, N_FFT - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP] * np.hanning(N_FFT)
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::FRAME_HOP] * np.hanning(N_FFT)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
     n_bins = int(MAX_FREQ_HZ * N_FFT / sample_rate) + 1
     return 10.0 * np.log10(power[:, :n_bins].T + 1e-12)
