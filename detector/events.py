@@ -107,16 +107,3 @@ def merge_events(
     """Whole-array merge, identical to streaming every window then flushing (for evaluation)."""
     merger = EventMerger(threshold, window_hop, window)
     return merger.push(starts, scores) + merger.flush()
-
-
-def __getattr__(name: str) -> object:
-    """Until raven.py and train/crossval.py import these from their own modules."""
-    if name == "EVENT_TYPE":
-        from detector.records import EVENT_TYPE
-
-        return EVENT_TYPE
-    if name == "parse_start_time":
-        from detector.timestamps import parse_start_time
-
-        return parse_start_time
-    raise AttributeError(name)

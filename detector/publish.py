@@ -91,7 +91,3 @@ class Publisher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-# until raven.py imports it from detector.eventlog
-from detector.eventlog import read_events  # noqa: E402, F401

@@ -7,12 +7,12 @@ replayed one after another), a `Begin File` column names each event's file and i
 offsets within that file: open each file with the rows of its own name.
 """
 
-import math
 from pathlib import Path, PurePath
 
 from detector.errors import WhaleError
-from detector.events import EVENT_TYPE
-from detector.publish import read_events
+from detector.eventlog import read_events
+from detector.numbers import is_finite_number
+from detector.records import EVENT_TYPE
 
 VIEW = "Spectrogram 1"
 CHANNEL = 1
@@ -33,7 +33,7 @@ SUFFIX = ".selections.txt"
 
 def _number(event: dict, key: str, where: str) -> float:
     value = event.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise WhaleError(f"{where}: field {key!r} is {value!r}, not a number")
     return float(value)
 
