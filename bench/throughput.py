@@ -31,9 +31,10 @@ from bench.common import (
     spread,
 )
 from detector.constants import SAMPLE_RATE
+from detector.eventlog import EventLog
 from detector.model import load_model
 from detector.pipeline import Listener
-from detector.publish import EventLog, Publisher
+from detector.publish import Publisher
 from detector.replay import ReplaySource
 from detector.ring import RingBuffer
 from detector.windows import frame_windows
@@ -128,7 +129,10 @@ def profile_loop(ctx: Context) -> tuple[list[str], dict[str, float]]:
             key = "windowing"
         elif filename.endswith("ring.py") or "threading.py" in filename or "_thread.lock" in name:
             key = "ring read/wait"
-        elif filename.endswith(("events.py", "publish.py")) or "zmq" in filename:
+        elif (
+            filename.endswith(("events.py", "records.py", "eventlog.py", "publish.py"))
+            or "zmq" in filename
+        ):
             key = "events + publish"
         elif name == "dbfs" or "_methods.py" in filename or "mean" in name:
             key = "level (dbfs)"

@@ -147,7 +147,7 @@ def run(settings: Settings) -> int:
 )
 def subscribe_cmd(endpoint: str, topics: tuple[str, ...], timeout: float | None) -> None:
     """Print what a whale-listen publisher sends, one JSON object per line."""
-    from detector.publish import subscribe
+    from detector.subscriber import subscribe
 
     try:
         for _topic, obj in subscribe(endpoint, list(topics) or None, timeout):

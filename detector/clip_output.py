@@ -7,6 +7,7 @@ import numpy as np
 from detector.clips import ClipWriter
 from detector.events import RawEvent
 from detector.outputs import Output
+from detector.records import Event
 from detector.settings import Settings
 
 
@@ -21,10 +22,9 @@ class ClipOutput(Output):
     def on_audio(self, block: np.ndarray, start_sample: int) -> None:
         self.writer.feed(block, start_sample)  # before scoring: the event needs its audio
 
-    def annotate(self, event: dict, raw: RawEvent) -> None:
-        path = self.writer.save(event, raw.start_sample, raw.end_sample)
-        if path is not None:
-            event["clip"] = str(Path(path).resolve())
+    def annotate(self, event: Event, raw: RawEvent) -> dict[str, object] | None:
+        path = self.writer.save(event.to_dict(), raw.start_sample, raw.end_sample)
+        return None if path is None else {"clip": str(Path(path).resolve())}
 
     def status_fields(self) -> dict:
         return {"clips": self.writer.stats()}

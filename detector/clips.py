@@ -27,7 +27,7 @@ from detector.journal import log
 HISTORY_SECONDS = 30.0  # audio kept: covers the event, its margins and the closing delay
 MARGIN_SECONDS = 1.0  # audio saved before and after the event
 N_FFT = 256  # 128 ms frames: 7.8 Hz bins, fine enough for a 50-250 Hz up-call sweep
-HOP = 16  # 8 ms steps
+FRAME_HOP = 16  # spectrogram frames every 8 ms (not the window hop)
 MAX_FREQ_HZ = 500.0  # up-calls sit well below; higher bins are mostly noise
 # Colour scale: each frequency band is drawn relative to its own median level (so the energy
 # under 30 Hz or a ship's tone does not swamp the picture), from the median of the result (black)
@@ -55,7 +55,7 @@ def spectrogram_db(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     if len(x) < N_FFT:
         x = np.pad(x, (0, N_FFT - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP] * np.hanning(N_FFT)
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::FRAME_HOP] * np.hanning(N_FFT)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
     n_bins = int(MAX_FREQ_HZ * N_FFT / sample_rate) + 1
     return 10.0 * np.log10(power[:, :n_bins].T + 1e-12)
@@ -91,7 +91,7 @@ def spectrogram_image(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarr
     """RGB uint8 plot area [PLOT_H, PLOT_W, 3]: 0 Hz at the bottom, time left to right."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     n = max(len(x), 1)
-    # frames centred on k * HOP: reflect half a frame at each end so the plot covers the clip
+    # frames centred on k * FRAME_HOP: reflect half a frame at each end so the plot covers the clip
     padded = np.pad(x, N_FFT // 2, mode="reflect") if len(x) > N_FFT // 2 else x
     levels = spectrogram_levels(padded, sample_rate)  # [bins, frames]
     n_bins, n_frames = levels.shape
@@ -99,7 +99,7 @@ def spectrogram_image(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarr
     hz = MAX_FREQ_HZ * (1.0 - np.arange(PLOT_H) / (PLOT_H - 1))
     rows = np.clip(np.round(hz / hz_per_bin).astype(int), 0, n_bins - 1)
     seconds = (np.arange(PLOT_W) + 0.5) / PLOT_W * n / sample_rate
-    frames = np.round(seconds * sample_rate / HOP).astype(int)
+    frames = np.round(seconds * sample_rate / FRAME_HOP).astype(int)
     return colourise(levels[rows][:, np.clip(frames, 0, n_frames - 1)])
 
 

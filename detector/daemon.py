@@ -13,20 +13,20 @@ from datetime import UTC, datetime
 
 from detector.constants import SAMPLE_RATE
 from detector.errors import WhaleError
+from detector.eventlog import EventLog
 from detector.journal import log as journal
 from detector.journal import say
 from detector.model import card_path, load_model
 from detector.outputs import Output, build_outputs, close_all
 from detector.pipeline import Listener
 from detector.presets import choose_threshold
-from detector.publish import EventLog
 from detector.settings import Settings, window_hop_samples
 from detector.source import STOP_WAIT_S, Input, open_input
 
 
 def open_listener(settings: Settings) -> tuple[Listener, Input, list[Output]] | None:
     """Model, threshold, source, log and outputs; None for a file too short to score."""
-    hop = window_hop_samples(settings.hop)
+    window_hop = window_hop_samples(settings.hop)
     model = load_model(settings.model, settings.provider, settings.threads)
     threshold, why = choose_threshold(
         model.card, card_path(model.path), settings.sensitivity, settings.threshold
@@ -41,7 +41,7 @@ def open_listener(settings: Settings) -> tuple[Listener, Input, list[Output]] | 
         log.close()
         raise
     listener = Listener(
-        model, threshold, hop, log, outputs, settings.station, batch=settings.batch,
+        model, threshold, window_hop, log, outputs, settings.station, batch=settings.batch,
         heartbeat_s=settings.heartbeat, stall_s=settings.stall_timeout,
         retry_max=settings.retry_max,
     )  # fmt: skip

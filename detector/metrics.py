@@ -1,5 +1,6 @@
 """The metrics output (`--metrics-port N`): the status counters in Prometheus's text format on
-http://127.0.0.1:N/metrics, refreshed each heartbeat, for a Prometheus or node_exporter nearby.
+http://127.0.0.1:N/metrics, refreshed each heartbeat, for a Prometheus nearby. `exposition` is
+also what `--metrics-textfile` writes for node_exporter (`detector.metrics_textfile`).
 
 Loopback only (reach it through an SSH tunnel); the server runs on its own thread and serves the
 last heartbeat's text, so a slow scraper never touches the scoring loop.
@@ -28,6 +29,7 @@ METRICS = {
     "uptime_s": ("uptime_seconds", "gauge", "seconds since the loop started"),
 }
 NESTED = {"clips": ("saved", "skipped_low_disk", "errors"), "mqtt": ("sent", "dropped")}
+MODEL_LABELS = ("name", "sha256", "provider")  # of status "model": whale_listen_model_info
 PREFIX = "whale_listen_"
 
 
@@ -49,6 +51,12 @@ def exposition(status: dict) -> str:
             lines += [f"# TYPE {name} counter", f"{name}{{{station}}} {status[group][key]}"]
     up = 1 if status.get("source_state") == "up" else 0
     lines += [f"# TYPE {PREFIX}source_up gauge", f"{PREFIX}source_up{{{station}}} {up}"]
+    model = status.get("model")
+    if isinstance(model, dict):
+        labels = ",".join(f'{k}="{_label(model.get(k, ""))}"' for k in MODEL_LABELS)
+        name = f"{PREFIX}model_info"
+        lines += [f"# HELP {name} the model scoring the windows", f"# TYPE {name} gauge"]
+        lines.append(f"{name}{{{station},{labels}}} 1")
     return "\n".join(lines) + "\n"
 
 

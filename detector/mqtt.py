@@ -84,7 +84,7 @@ class MqttOutput(Output):
             self.client.publish(f"{self.topic}/state", "online", qos=1, retain=True)
 
     def _publish(self, sub: str, obj: dict, qos: int) -> None:
-        from detector.publish import encode
+        from detector.records import encode
 
         info = self.client.publish(f"{self.topic}/{sub}", encode(obj), qos=qos)
         if info.rc == self._ok[0] or (info.rc in self._ok and qos > 0):  # QoS 0 waits for none

@@ -13,6 +13,7 @@ import numpy as np
 
 from detector.events import RawEvent
 from detector.journal import log
+from detector.records import Event
 from detector.settings import OPTIONS, Settings
 
 
@@ -30,20 +31,23 @@ class Output:
     def on_audio(self, block: np.ndarray, start_sample: int) -> None:
         """Every 2 kHz block, in stream order; `start_sample` skips any gap."""
 
-    def annotate(self, event: dict, raw: RawEvent) -> None:
-        """Before the event is logged: may add fields (the clip's path)."""
+    def annotate(self, event: Event, raw: RawEvent) -> dict[str, object] | None:
+        """Before the event is logged: values for its declared optional fields (the clip's path),
+        which only this hook may set (`Event.OPTIONAL`)."""
+        return None
 
     def on_event(self, event: dict) -> None:
-        """After the event is durable (or held by the log): deliver it."""
+        """After the event is durable (or held by the log): deliver its JSON object."""
 
     def on_tick(self) -> None:
         """Once per loop iteration: proof the loop is alive (the systemd watchdog)."""
 
     def on_status(self, status: dict) -> None:
-        """Each heartbeat."""
+        """Each heartbeat: the `Status` record's JSON object."""
 
     def status_fields(self) -> dict:
-        """Fields this output adds to the status message (its own counters)."""
+        """Fields this output adds to the status message (its own counters, declared optional
+        fields of `Status`)."""
         return {}
 
     def on_stop(self) -> None:

@@ -24,15 +24,17 @@ import numpy as np
 from detector.audio import StreamingResampler
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from detector.errors import WhaleError
-from detector.events import EventMerger, RawEvent, build_event, iso_utc
+from detector.eventlog import EventLog
+from detector.events import EventMerger, RawEvent
 from detector.journal import log as journal
 from detector.journal import say
 from detector.model import Model
 from detector.outputs import Output
-from detector.publish import EventLog
+from detector.records import Status, build_event
 from detector.scoring import make_scorer
 from detector.silence import SilenceWatch
 from detector.source import STOP_WAIT_S, Source
+from detector.timestamps import iso_utc
 
 READ_TIMEOUT_S = 0.2  # the loop wakes at least this often for heartbeats and stop requests
 FIRST_RETRY_S = 1.0
@@ -60,9 +62,11 @@ def dbfs(block: np.ndarray) -> float:
 class Segment:
     """One unbroken stretch of a source: its own resampler and windower, at a stream offset."""
 
-    def __init__(self, source: Source, model: Model, hop: int, batch: int, base: int) -> None:
+    def __init__(
+        self, source: Source, model: Model, window_hop: int, batch: int, base: int
+    ) -> None:
         self.base = base  # stream sample of the segment's first sample
-        self.scorer = make_scorer(model, hop, batch)
+        self.scorer = make_scorer(model, window_hop, batch)
         self.seen = 0  # 2 kHz samples pushed
         self.resampler = (
             StreamingResampler(source.samplerate, SAMPLE_RATE)
@@ -83,7 +87,7 @@ class Listener:
         self,
         model: Model,
         threshold: float,
-        hop: int,
+        window_hop: int,
         log: EventLog,
         outputs: list[Output],
         station: str,
@@ -94,7 +98,7 @@ class Listener:
     ) -> None:
         self.model = model
         self.threshold = threshold
-        self.hop = hop
+        self.window_hop = window_hop
         self.log = log
         self.outputs = outputs  # after the log, in order
         self.station = station
@@ -135,23 +139,28 @@ class Listener:
                 source=self.source.name,
                 model=self.model.identity,
                 threshold=self.threshold,
+                gap_samples=self._pending_gap,
             )
-            if self._pending_gap:
-                event["gap_before_s"] = round(self._pending_gap / SAMPLE_RATE, 3)
-                self._pending_gap = 0
-            self._each("annotate", event, raw)
-            self._log_state(self.log.append(event))  # durable first
-            self._each("on_event", event)  # even when the log failed: it is held in memory
+            self._pending_gap = 0
+            for fields in self._each("annotate", event, raw):
+                event = event.annotated(**(fields or {}))  # declared optional fields only
+            record = event.to_dict()
+            self._log_state(self.log.append(record))  # durable first
+            self._each("on_event", record)  # even when the log failed: it is held in memory
 
-    def _each(self, method: str, *args: object) -> None:
-        """Call one method of every output in order; a failing output is said, never fatal."""
+    def _each(self, method: str, *args: object) -> list[object]:
+        """Call one method of every output in order, returning what each gave (None when it
+        failed); a failing output is said, never fatal."""
+        results: list[object] = []
         for output in self.outputs:
             try:
-                getattr(output, method)(*args)
+                results.append(getattr(output, method)(*args))
             except WhaleError:
                 raise  # a broken contract (e.g. the model's), reported like any other
             except Exception as exc:  # noqa: BLE001 - the log has the event; carry on
                 journal.warning("output %s failed in %s: %s", output.name, method, exc)
+                results.append(None)
+        return results
 
     def _log_state(self, logged: bool) -> None:
         """Say once when the log starts failing (disk full) and once when it recovers."""
@@ -169,39 +178,37 @@ class Listener:
         """Samples lost so far: full rings plus the time the source was down."""
         return self._retired_dropped + int(self.source.ring.dropped) + self.counters.gap_samples
 
-    def status(self) -> dict:
+    def status(self) -> Status:
         """The heartbeat message: counters, the source's state and every output's own fields."""
         source, c = self.source, self.counters
-        uptime = time.monotonic() - c.started
         audio_s = c.samples_in / SAMPLE_RATE
-        return {
-            "schema": 1,
-            "type": "status",
-            "station": self.station,
-            "time": iso_utc(datetime.now().astimezone()),
-            "source": source.name,
-            "source_state": self.source_state,
-            "uptime_s": round(uptime, 1),
-            "samples_in": c.samples_in,
-            "windows_scored": c.windows,
-            "events": self.seq,
-            "last_seq": self.seq,
-            "unlogged_events": len(self.log.pending),
-            "dropped_samples": self.dropped,
-            "outages": c.outages,
-            "input_overflows": getattr(source, "input_overflows", 0),
-            "level_dbfs": round(c.level_dbfs, 1) if math.isfinite(c.level_dbfs) else None,
-            "silent_s": round(self.silence.run_s, 1),
-            "lag_s": round(source.ring.available / source.samplerate, 3),
-            "realtime_factor": round(audio_s / c.processing_s, 1) if c.processing_s else None,
+        return Status(
+            station=self.station,
+            time=iso_utc(datetime.now().astimezone()),
+            source=source.name,
+            source_state=self.source_state,
+            model={**self.model.identity, "provider": self.model.provider},
+            uptime_s=round(time.monotonic() - c.started, 1),
+            samples_in=c.samples_in,
+            windows_scored=c.windows,
+            events=self.seq,
+            last_seq=self.seq,
+            unlogged_events=len(self.log.pending),
+            dropped_samples=self.dropped,
+            outages=c.outages,
+            input_overflows=getattr(source, "input_overflows", 0),
+            level_dbfs=round(c.level_dbfs, 1) if math.isfinite(c.level_dbfs) else None,
+            silent_s=round(self.silence.run_s, 1),
+            lag_s=round(source.ring.available / source.samplerate, 3),
+            realtime_factor=round(audio_s / c.processing_s, 1) if c.processing_s else None,
             **{k: v for output in self.outputs for k, v in output.status_fields().items()},
-        }
+        )
 
     def _tick(self, now: float) -> None:
         """Proof of life and the heartbeat: from the loop itself, whatever the source does."""
         self._each("on_tick")
         if now >= self._next_beat:
-            self._each("on_status", self.status())
+            self._each("on_status", self.status().to_dict())
             self._next_beat = now + self.heartbeat_s
 
     # -- the loop -------------------------------------------------------------------------------
@@ -219,11 +226,11 @@ class Listener:
         c = self.counters
         c.started = time.monotonic()
         self.source = source
-        merger = EventMerger(self.threshold, self.hop, WINDOW_SAMPLES)
-        segment = Segment(source, self.model, self.hop, self.batch, 0)
+        merger = EventMerger(self.threshold, self.window_hop, WINDOW_SAMPLES)
+        segment = Segment(source, self.model, self.window_hop, self.batch, 0)
         self._next_beat = c.started + self.heartbeat_s
         last_audio = c.started
-        read_max = max(self.batch * self.hop, SAMPLE_RATE)  # 2 kHz samples per read
+        read_max = max(self.batch * self.window_hop, SAMPLE_RATE)  # 2 kHz samples per read
         self._each("on_start")
         try:
             while not self._stop.is_set():
@@ -247,7 +254,7 @@ class Listener:
                     c.gap_samples += gap
                     self._pending_gap += gap
                     segment = Segment(
-                        self.source, self.model, self.hop, self.batch, segment.position + gap
+                        self.source, self.model, self.window_hop, self.batch, segment.position + gap
                     )
                     last_audio = now
                 self._tick(now)

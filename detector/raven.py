@@ -10,15 +10,15 @@ sequence (each earlier file's full length before it), and `Begin Path`, `File Of
 itself, so the recordings must be where the log names them.
 """
 
-import math
 from collections.abc import Mapping
 from pathlib import Path, PurePath
 
 import soundfile as sf
 
 from detector.errors import WhaleError
-from detector.events import EVENT_TYPE
-from detector.publish import read_events
+from detector.eventlog import read_events
+from detector.numbers import is_finite_number
+from detector.records import EVENT_TYPE
 
 VIEW = "Spectrogram 1"
 CHANNEL = 1
@@ -40,7 +40,7 @@ SUFFIX = ".selections.txt"
 
 def _number(event: dict, key: str, where: str) -> float:
     value = event.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise WhaleError(f"{where}: field {key!r} is {value!r}, not a number")
     return float(value)
 

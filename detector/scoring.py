@@ -2,8 +2,9 @@
 
 Two ways, same numbers: `WindowScorer` cuts 2-s windows and runs the whole model on each;
 `FrameScorer` computes each STFT frame of the stream once and runs only the CNN per window.
-At a 0.5-s hop every frame belongs to four windows, so sharing frames removes most of the front
-end's cost. It needs the model's streaming halves and a hop that is a whole number of frames.
+At a 0.5-s window hop every frame belongs to four windows, so sharing frames removes most of the
+front end's cost. It needs the model's streaming halves and a window hop that is a whole number of
+frame hops (`window_hop`: samples between windows; `frame_hop`: samples between STFT frames).
 """
 
 import numpy as np
@@ -16,10 +17,10 @@ from detector.windows import Windower
 class WindowScorer:
     """Raw windows through the full model (the contract every model supports)."""
 
-    def __init__(self, model: Model, hop: int, batch: int = 64) -> None:
+    def __init__(self, model: Model, window_hop: int, batch: int = 64) -> None:
         self.model = model
         self.batch = batch
-        self.windower = Windower(hop, WINDOW_SAMPLES)
+        self.windower = Windower(window_hop, WINDOW_SAMPLES)
 
     def push(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         starts, windows = self.windower.push(block)
@@ -32,17 +33,17 @@ class WindowScorer:
 class FrameScorer:
     """Shared log-mel frames: frame k covers samples [k*frame_hop, k*frame_hop + n_fft)."""
 
-    def __init__(self, model: Model, hop: int, batch: int = 64) -> None:
-        if not self.supports(model, hop):
-            raise ValueError("model has no streaming halves, or the hop is not whole frames")
+    def __init__(self, model: Model, window_hop: int, batch: int = 64) -> None:
+        if not self.supports(model, window_hop):
+            raise ValueError("model has no streaming halves, or the window hop is not whole frames")
         spec = model.streaming
         self.model = model
         self.batch = batch
-        self.hop = hop
+        self.window_hop = window_hop
         self.frame_hop = int(spec["frame_hop"])
         self.n_fft = int(spec["n_fft"])
         self.per_window = int(spec["frames_per_window"])
-        self.step = hop // self.frame_hop  # frames between window starts
+        self.step = window_hop // self.frame_hop  # frames between window starts
         self.pending: list[np.ndarray] = []  # samples not yet in a complete frame
         self.seen = 0  # samples pushed
         self.frames: np.ndarray | None = None  # [n_mels, k]: frames still needed by windows
@@ -50,9 +51,9 @@ class FrameScorer:
         self.next_window = 0
 
     @staticmethod
-    def supports(model: Model, hop: int) -> bool:
+    def supports(model: Model, window_hop: int) -> bool:
         spec = getattr(model, "streaming", None)  # stand-ins for the model may lack it
-        return bool(spec) and hop % int(spec["frame_hop"]) == 0
+        return bool(spec) and window_hop % int(spec["frame_hop"]) == 0
 
     def _add_frames(self) -> None:
         samples = np.concatenate(self.pending)
@@ -68,8 +69,8 @@ class FrameScorer:
         self.seen += len(block)
         self.pending.append(block.astype(np.float32, copy=False))
         # Live blocks are small (tens of ms): run the model only once the next window's last
-        # sample has arrived, one frames call and one head call per hop instead of per block.
-        if self.seen < self.next_window * self.hop + WINDOW_SAMPLES:
+        # sample has arrived, one frames call and one head call per window hop instead of per block.
+        if self.seen < self.next_window * self.window_hop + WINDOW_SAMPLES:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         self._add_frames()
         if self.frames is None:
@@ -89,9 +90,9 @@ class FrameScorer:
                     for i in range(0, count, self.batch)
                 ]
             )
-        starts = (self.next_window + np.arange(count, dtype=np.int64)) * self.hop
+        starts = (self.next_window + np.arange(count, dtype=np.int64)) * self.window_hop
         self.next_window += count
-        # frames no window needs again (all of them when windows skip frames: hop > 2 s)
+        # frames no window needs again (all of them when windows skip frames: a window hop > 2 s)
         drop = min(self.next_window * self.step - self.first_frame, self.frames.shape[1])
         if drop > 0:
             self.frames = self.frames[:, drop:]
@@ -99,8 +100,8 @@ class FrameScorer:
         return starts, scores
 
 
-def make_scorer(model: Model, hop: int, batch: int = 64) -> WindowScorer | FrameScorer:
-    """The shared-frame scorer when the model and hop allow it, else whole windows."""
-    if FrameScorer.supports(model, hop):
-        return FrameScorer(model, hop, batch)
-    return WindowScorer(model, hop, batch)
+def make_scorer(model: Model, window_hop: int, batch: int = 64) -> WindowScorer | FrameScorer:
+    """The shared-frame scorer when the model and the window hop allow it, else whole windows."""
+    if FrameScorer.supports(model, window_hop):
+        return FrameScorer(model, window_hop, batch)
+    return WindowScorer(model, window_hop, batch)

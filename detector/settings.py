@@ -18,6 +18,7 @@ import click
 
 from detector.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE, WINDOW_SECONDS
 from detector.errors import WhaleError
+from detector.numbers import number
 
 DEFAULT_CONFIG = Path("/etc/whale-listen/config.toml")
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -30,26 +31,6 @@ def parse_time(text: str) -> datetime:
     except ValueError:
         raise ValueError(f"not an ISO-8601 time: {text!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _number(
-    value: object,
-    kind: type,
-    lo: float | None = None,
-    hi: float | None = None,
-    lo_open: bool = False,
-) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a number, got {value!r}")
-    if kind is int and not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if not math.isfinite(value):  # TOML has nan and inf, and nan passes every bound below
-        raise ValueError(f"expected a finite number, got {value}")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise ValueError(f"must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ValueError(f"must be <= {hi}, got {value}")
-    return kind(value)
 
 
 def _string(value: object) -> str:
@@ -115,7 +96,7 @@ class Number:
         self.kind, self.lo, self.hi, self.lo_open = kind, lo, hi, lo_open
 
     def __call__(self, value: object) -> float | int:
-        return _number(value, self.kind, self.lo, self.hi, self.lo_open)
+        return number(value, self.kind, self.lo, self.hi, self.lo_open)
 
     def click_type(self) -> click.ParamType:
         if self.kind is int:
@@ -208,6 +189,9 @@ OPTIONS: tuple[Option, ...] = (
            "system CAs", click_type=FILE),
     Option("metrics_port", None, Number(int, 1, 65535), "Serve Prometheus metrics of the status "
            "counters on http://127.0.0.1:PORT/metrics.", "off", int, output="detector.metrics"),
+    Option("metrics_textfile", None, _path_or_none, "Write the same metrics to this file each "
+           "heartbeat (atomically), for node_exporter's textfile collector.", "off",
+           click_type=FILE, output="detector.metrics_textfile"),
     Option("clips", None, _path_or_none, "Save each event's audio (+- 1 s, FLAC) and spectrogram "
            "(PNG) in this directory.", "off", click_type=DIRECTORY, output="detector.clip_output"),
     Option("min_free_mb", 100.0, Number(float, 0), "Skip clips when the disk has less free space "
@@ -244,10 +228,10 @@ CHECKS = {o.name: o.check for o in OPTIONS}
 
 def window_hop_samples(seconds: float) -> int:
     """The window hop in 2 kHz samples; under one sample is an error (the bound is open at 0)."""
-    hop = int(round(seconds * SAMPLE_RATE))
-    if hop < 1:
+    samples = int(round(seconds * SAMPLE_RATE))
+    if samples < 1:
         raise WhaleError(f"hop {seconds} s is under one sample at {SAMPLE_RATE} Hz")
-    return hop
+    return samples
 
 
 def load_config(path: Path) -> dict:

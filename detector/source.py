@@ -56,8 +56,8 @@ def open_input(settings: Settings) -> Input | None:
 
 
 def _open_replay(settings: Settings) -> Input | None:
-    from detector.events import parse_start_time
     from detector.replay import ReplaySource
+    from detector.timestamps import parse_start_time
 
     source = ReplaySource(
         settings.replay, RingBuffer(8 * 16384), settings.channel, settings.realtime

@@ -31,8 +31,9 @@ from click.testing import CliRunner
 from scipy.signal import resample_poly
 
 from detector import cli
+from detector.eventlog import read_events
 from detector.model import card_path, sha256_file
-from detector.publish import read_events
+from detector.records import EVENT_FIELDS, STATUS_FIELDS
 from detector.settings import Settings
 from train import synth
 
@@ -41,33 +42,6 @@ from .conftest import SHARED_DATA
 SR = 2000
 HOP_S = 0.5
 DAEMON = [sys.executable, "-c", "from detector.cli import main; main(prog_name='whale-listen')"]
-EVENT_FIELDS = {
-    "schema": int,
-    "type": str,
-    "seq": int,
-    "id": str,
-    "station": str,
-    "start": str,
-    "end": str,
-    "offset_start_s": float,
-    "offset_end_s": float,
-    "score": float,
-    "peak_offset_s": float,
-    "windows": int,
-    "source": str,
-    "model": dict,
-    "threshold": float,
-}
-STATUS_FIELDS = (
-    "uptime_s",
-    "samples_in",
-    "windows_scored",
-    "events",
-    "dropped_samples",
-    "level_dbfs",
-    "silent_s",
-    "lag_s",
-)
 
 
 # -- recordings ------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def _faint_call_over_rumble(seed: int = 3) -> tuple[np.ndarray, int, int]:
 def test_a_faint_call_shows_and_the_rumble_under_30_hz_does_not_saturate():
     x, start, end = _faint_call_over_rumble()
     levels = spectrogram_levels(x)  # [bins, frames], 7.8 Hz bins, 8-ms frames
-    frames = slice((start - 256) // clips.HOP, end // clips.HOP)
+    frames = slice((start - 256) // clips.FRAME_HOP, end // clips.FRAME_HOP)
     call_band = levels[6:33, frames]  # 50-250 Hz while the call lasts
     assert call_band.max() == 1.0
     assert np.percentile(call_band, 95) > 2 * np.percentile(levels[6:33], 50) + 0.3

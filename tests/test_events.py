@@ -5,14 +5,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from detector.events import (
-    EventMerger,
-    RawEvent,
-    build_event,
-    iso_utc,
-    merge_events,
-    parse_start_time,
-)
+from detector.events import EventMerger, RawEvent, merge_events
+from detector.records import EVENT_FIELDS, build_event
+from detector.timestamps import iso_utc, parse_start_time
 
 HOP = 1000
 WIN = 4000
@@ -24,7 +19,7 @@ def _starts(n: int) -> np.ndarray:
 
 def test_single_window_event_spans_its_central_half():
     scores = [0.1, 0.9, 0.2]
-    events = merge_events(_starts(3), scores, threshold=0.5, hop=HOP, window=WIN)
+    events = merge_events(_starts(3), scores, threshold=0.5, window_hop=HOP, window=WIN)
     assert events == [
         RawEvent(start_sample=2000, end_sample=4000, peak_score=0.9, peak_sample=3000, windows=1)
     ]
@@ -32,7 +27,7 @@ def test_single_window_event_spans_its_central_half():
 
 def test_run_of_windows_merges_into_one_event_with_its_peak():
     scores = [0.0, 0.6, 0.8, 0.95, 0.7, 0.1]
-    (event,) = merge_events(_starts(6), scores, threshold=0.5, hop=HOP, window=WIN)
+    (event,) = merge_events(_starts(6), scores, threshold=0.5, window_hop=HOP, window=WIN)
     assert event.start_sample == 1000 + 1000
     assert event.end_sample == 4000 + 3000
     assert event.peak_score == 0.95
@@ -42,7 +37,7 @@ def test_run_of_windows_merges_into_one_event_with_its_peak():
 
 def test_two_separate_events():
     scores = [0.9, 0.9, 0.1, 0.1, 0.7, 0.0]
-    events = merge_events(_starts(6), scores, threshold=0.5, hop=HOP, window=WIN)
+    events = merge_events(_starts(6), scores, threshold=0.5, window_hop=HOP, window=WIN)
     assert [(e.start_sample, e.end_sample, e.windows) for e in events] == [
         (1000, 4000, 2),
         (5000, 7000, 1),
@@ -60,7 +55,7 @@ def test_event_open_at_end_is_closed_by_flush():
 
 
 def test_score_equal_to_threshold_counts_as_above():
-    events = merge_events(_starts(3), [0.2, 0.5, 0.2], threshold=0.5, hop=HOP, window=WIN)
+    events = merge_events(_starts(3), [0.2, 0.5, 0.2], threshold=0.5, window_hop=HOP, window=WIN)
     assert len(events) == 1 and events[0].peak_score == 0.5
 
 
@@ -145,24 +140,8 @@ def test_build_event_fields_and_timing():
         source="NOPP6_EST_20090328_001500.wav",
         model=model,
         threshold=0.5,
-    )
-    assert list(event) == [
-        "schema",
-        "type",
-        "seq",
-        "id",
-        "station",
-        "start",
-        "end",
-        "offset_start_s",
-        "offset_end_s",
-        "score",
-        "peak_offset_s",
-        "windows",
-        "source",
-        "model",
-        "threshold",
-    ]
+    ).to_dict()
+    assert list(event) == list(EVENT_FIELDS)  # no optional field unless set
     assert event["schema"] == 1 and event["type"] == "upcall" and event["seq"] == 7
     assert uuid.UUID(event["id"]).version == 4
     assert event["station"] == "EST"
@@ -185,7 +164,7 @@ def test_build_event_fields_and_timing():
         source="s",
         model=model,
         threshold=0.5,
-    )
+    ).to_dict()
     assert other["id"] != event["id"]
 
 
@@ -207,7 +186,7 @@ def test_build_event_timing_uses_sample_counts_far_into_a_stream():
         source="live",
         model={"name": "m", "sha256": "0"},
         threshold=0.5,
-    )
+    ).to_dict()
     assert event["start"] == "2020-01-02T00:00:00.002Z"
     assert event["end"] == "2020-01-02T00:00:01.003Z"
     assert event["offset_start_s"] == 86400.002

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from detector.publish import read_events
+from detector.eventlog import read_events
 from tests.alsa import FifoFeeder, make_alsa_home, make_fifo, portaudio_problem
 from tests.test_cli import DAEMON, Subscriber, replay
 from train import synth

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from detector.eventlog import read_events
 from detector.mqtt import MqttOutput, parse_url
-from detector.publish import read_events
 from tests.test_cli import invoke, replay_args, write_call_train
 
 paho = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt (the mqtt extra) not installed")

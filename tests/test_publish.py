@@ -6,7 +6,9 @@ import pytest
 import zmq
 
 from detector.errors import WhaleError
-from detector.publish import EventLog, Publisher, read_events, subscribe
+from detector.eventlog import EventLog, read_events
+from detector.publish import Publisher
+from detector.subscriber import subscribe
 
 
 def _collect(endpoint: str, want: int, out: list, topics: list[str] | None = None) -> None:

@@ -9,9 +9,10 @@ import pytest
 import soundfile as sf
 
 from detector.errors import WhaleError
-from detector.events import RawEvent, build_event
-from detector.publish import EventLog
+from detector.eventlog import EventLog
+from detector.events import RawEvent
 from detector.raven import COLUMNS, MULTI_FILE_COLUMNS, events_to_raven, export_raven
+from detector.records import build_event
 
 MODEL = {"name": "upcall-cnn", "sha256": "ab" * 32}
 
@@ -27,7 +28,7 @@ def _event(seq: int, start: int, end: int, score: float, source: str) -> dict:
         source=source,
         model=MODEL,
         threshold=0.5,
-    )
+    ).to_dict()
 
 
 def _rows(path) -> list[dict]:

@@ -22,11 +22,12 @@ from click.testing import CliRunner
 
 from detector import cli
 from detector.errors import WhaleError
+from detector.eventlog import EventLog, read_events
 from detector.events import merge_events
 from detector.notify import Notifier
 from detector.outputs import Output
 from detector.pipeline import Listener
-from detector.publish import EventLog, Publisher, read_events
+from detector.publish import Publisher
 from detector.ring import RingBuffer
 from detector.service import SystemdOutput, status_line
 from detector.windows import frame_windows
@@ -136,6 +137,7 @@ class BlockingModel:
     """A model whose score() waits for the test: a scoring loop stuck on purpose."""
 
     identity = {"name": "blocking", "sha256": "0" * 64}
+    provider = "cpu"
 
     def __init__(self) -> None:
         self.entered = threading.Event()
@@ -320,6 +322,7 @@ class LoudModel:
     """1.0 for a window holding a loud burst, else 0: events exactly where the test puts them."""
 
     identity = {"name": "loud", "sha256": "1" * 64}
+    provider = "cpu"
 
     def score(self, windows: np.ndarray) -> np.ndarray:
         return (np.abs(windows).max(axis=1) > 0.5).astype(np.float32)

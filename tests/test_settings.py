@@ -59,6 +59,7 @@ def test_config_values_apply(tmp_path):
         mqtt_auth_file = "/etc/whale-listen/mqtt.auth"
         mqtt_ca_file = "/etc/ca.pem"
         metrics_port = 9108
+        metrics_textfile = "/var/lib/node_exporter/textfile_collector/whale-listen.prom"
         min_free_mb = 500
         retry_max = 60
         stall_timeout = 5
@@ -82,6 +83,7 @@ def test_config_values_apply(tmp_path):
     assert s.mqtt == "mqtts://shore:8883/whales/b7"
     assert s.mqtt_auth_file == Path("/etc/whale-listen/mqtt.auth")
     assert s.mqtt_ca_file == Path("/etc/ca.pem") and s.metrics_port == 9108
+    assert s.metrics_textfile == Path("/var/lib/node_exporter/textfile_collector/whale-listen.prom")
     assert s.min_free_mb == 500 and s.retry_max == 60
     assert s.stall_timeout == 5.0 and s.blocksize == 400
 

@@ -19,8 +19,8 @@ def _stream(audio: np.ndarray, windower: Windower, block: int) -> tuple[np.ndarr
 @pytest.mark.parametrize("block", [1, 7, 4000, 65536])
 def test_streaming_equals_whole_array_for_any_block_size(block):
     audio = np.random.default_rng(2).uniform(-1, 1, 23_457).astype(np.float32)
-    expected_starts, expected = frame_windows(audio, hop=1000)
-    windower = Windower(hop=1000)
+    expected_starts, expected = frame_windows(audio, window_hop=1000)
+    windower = Windower(window_hop=1000)
     starts, windows = _stream(audio, windower, block)
     assert windower.samples_seen == len(audio)
     np.testing.assert_array_equal(starts, expected_starts)
@@ -39,7 +39,7 @@ def test_streaming_equals_whole_array_for_odd_hops(hop, window, block):
 
 def test_window_i_starts_at_i_times_hop_and_holds_those_samples():
     audio = np.arange(10_000, dtype=np.float32)
-    starts, windows = frame_windows(audio, hop=1000)
+    starts, windows = frame_windows(audio, window_hop=1000)
     np.testing.assert_array_equal(starts, [0, 1000, 2000, 3000, 4000, 5000, 6000])
     assert windows.shape == (7, WINDOW_SAMPLES)
     np.testing.assert_array_equal(windows[3], audio[3000:7000])
@@ -53,9 +53,9 @@ def test_window_starts_counts():
 
 
 def test_short_stream_yields_nothing():
-    starts, windows = frame_windows(np.zeros(10), hop=1000)
+    starts, windows = frame_windows(np.zeros(10), window_hop=1000)
     assert starts.shape == (0,) and windows.shape == (0, WINDOW_SAMPLES)
-    windower = Windower(hop=1000)
+    windower = Windower(window_hop=1000)
     s, w = windower.push(np.zeros(3999))
     assert s.shape == (0,) and w.shape == (0, WINDOW_SAMPLES)
     s, w = windower.push(np.zeros(1))
@@ -63,14 +63,14 @@ def test_short_stream_yields_nothing():
 
 
 def test_windower_keeps_less_than_one_window():
-    windower = Windower(hop=1000)
+    windower = Windower(window_hop=1000)
     windower.push(np.zeros(100_000, dtype=np.float32))
     assert windower._tail.nbytes == WINDOW_SAMPLES * 4
     assert windower._tail_len < WINDOW_SAMPLES
 
 
 def test_emitted_windows_do_not_alias_later_input():
-    windower = Windower(hop=2, window=4)
+    windower = Windower(window_hop=2, window=4)
     block = np.arange(6, dtype=np.float32)
     _, windows = windower.push(block)
     block[:] = -1
@@ -80,4 +80,4 @@ def test_emitted_windows_do_not_alias_later_input():
 
 def test_invalid_hop_rejected():
     with pytest.raises(ValueError):
-        Windower(hop=0)
+        Windower(window_hop=0)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import WhaleError
-from detector.events import parse_start_time
+from detector.timestamps import parse_start_time
 from train.data import Clip, Recording
 from train.evaluate import Scored, event_ap, event_row, match, wilson_interval
 

@@ -9,7 +9,6 @@ file (and line) at fault, because a training run should fail at load time, not h
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from detector.audio import read_audio
 from detector.constants import SAMPLE_RATE
 from detector.errors import WhaleError
+from detector.numbers import is_finite_number
 
 AUDIO_EXTENSIONS = (".aiff", ".aif", ".wav", ".flac")
 KAGGLE_HEADER = ["clip_name", "label"]
@@ -77,7 +77,7 @@ def _number(text: str, path: Path, line: int, what: str) -> float:
         value = float(text)
     except ValueError:
         raise WhaleError(f"{path} line {line}: {what} {text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
+    if not is_finite_number(value) or value < 0:
         raise WhaleError(f"{path} line {line}: {what} {text!r} must be a finite time >= 0")
     return value
 
