@@ -76,6 +76,10 @@ def test_crossval_writes_per_fold_and_pooled_figures(crossval_run: Path) -> None
     assert set(summary["pooled"]["presets"]) == {"high", "balanced", "strict"}
     for name in ("fold_2026-01-01_s0", "fold_2026-01-03_s1"):
         assert (out / name / "upcall.onnx").is_file() and (out / name / "scores.npz").is_file()
+    for day in days:  # every mistake drawn and listed for a person to look at
+        assert (out / f"gallery_misses_{day}.png").stat().st_size > 0
+        rows = (out / f"false_alarms_{day}.selections.txt").read_text().splitlines()
+        assert rows[0].startswith("Selection\t")
     report = (out / "report.md").read_text()
     assert "## Per fold and seed" in report and "## Do the thresholds carry over?" in report
     assert report.count("| 2026-01-02 |") >= 2

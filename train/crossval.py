@@ -445,4 +445,24 @@ def run_crossval(
     summary["train_options"] = train_options or {}
     (out / "crossval.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "report.md").write_text(format_report(summary, "Leave-one-day-out cross-validation"))
+    write_reviews(results, folds, summary["pooled"]["presets"]["balanced"]["threshold"], out)
     return summary
+
+
+def write_reviews(results: list[dict], folds: list[Fold], threshold: float, out: Path) -> None:
+    """Every miss and false alarm of each fold's first seed at the balanced threshold, as
+    spectrogram galleries and Raven selection tables: labels are incomplete (faint calls go
+    unmarked), so a person looks at them before a recipe is tuned to make them go away."""
+    from train.report import mistakes, plot_gallery, write_review_selections
+
+    first = min(r["seed"] for r in results)
+    for res in results:
+        if res["seed"] != first:
+            continue
+        day = res["day"]
+        ann, bg = scored_sets([res], folds)
+        false_alarms, misses = mistakes(ann + bg, threshold)
+        for name, items in (("misses", misses), ("false_alarms", false_alarms)):
+            title = f"{name.replace('_', ' ').capitalize()} on {day} (seed {first}) at {threshold}"
+            plot_gallery(items, title, out / f"gallery_{name}_{day}.png")
+            write_review_selections(items, out / f"{name}_{day}.selections.txt")

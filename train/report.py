@@ -83,7 +83,9 @@ def write_review_selections(items: list[tuple], path: Path) -> None:
         }
         for score, sc, centre in items
     ]
-    path.write_text(events_to_raven(events, where=path.name))
+    # several files: Raven counts times over the file sequence, so give it each file's length
+    files = {sc.rec.path.name: (sc.rec.path, len(sc.rec.audio) / SAMPLE_RATE) for _, sc, _ in items}
+    path.write_text(events_to_raven(events, where=path.name, files=files))
 
 
 def plot_gallery(items: list[tuple], title: str, path: Path) -> None:
