@@ -12,12 +12,15 @@ from train.export import export_onnx, write_card  # noqa: E402
 from train.net import UpcallDetector  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
+@pytest.fixture(scope="module", params=["contrast", "pcen"])
+def model(tmp_path_factory, request):
+    """An untrained model of each front-end normalisation: the halves must agree for both."""
     import torch
 
+    from train.frontend import FrontEndConfig
+
     torch.manual_seed(1)
-    net = UpcallDetector().eval()
+    net = UpcallDetector(FrontEndConfig(normalisation=request.param)).eval()
     path = tmp_path_factory.mktemp("m") / "upcall.onnx"
     export_onnx(net, path)
     write_card(path, net, threshold=0.5)

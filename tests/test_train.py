@@ -71,10 +71,10 @@ def test_model_is_small():
     assert 0 < flops_per_window(model) < 50_000_000
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=["contrast", "pcen"])
+def exported(tmp_path_factory, request):
     torch.manual_seed(0)
-    model = UpcallDetector().eval()
+    model = UpcallDetector(FrontEndConfig(normalisation=request.param)).eval()
     path = tmp_path_factory.mktemp("model") / "upcall.onnx"
     export_onnx(model, path)
     write_card(path, model, threshold=0.5, metrics={"note": "untrained"})

@@ -162,6 +162,14 @@ def main() -> None:
     "window's level (as in crossval).",
 )
 @click.option(
+    "--normalisation",
+    type=click.Choice(["contrast", "pcen"]),
+    default="contrast",
+    show_default=True,
+    help="Recipe: per-window normalisation of the log-mel image (band and frame means removed, "
+    "or per-channel energy normalisation).",
+)
+@click.option(
     "--operating-points",
     type=click.Path(exists=True, path_type=Path),
     default=None,
@@ -222,6 +230,7 @@ def train_cmd(
     threshold,
     metrics_from,
     remix_scale,
+    normalisation,
     operating_points,
     name,
     n_fft,
@@ -247,7 +256,9 @@ def train_cmd(
         click.echo(sets.describe())
         np.random.seed(seed)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device=device)
-        frontend = FrontEndConfig(n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels)
+        frontend = FrontEndConfig(
+            n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels, normalisation=normalisation
+        )
         mix = recipe_mix(remix_scale)
         with click.progressbar(
             length=steps * members, label="training", file=sys.stderr, item_show_func=lambda x: x
@@ -601,6 +612,13 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     "call window's level.",
 )
 @click.option(
+    "--normalisation",
+    type=click.Choice(["contrast", "pcen"]),
+    default="contrast",
+    show_default=True,
+    help="Recipe: per-window normalisation of the log-mel image (as whale-train train).",
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=Path("runs/crossval"),
@@ -615,7 +633,17 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     help="Input channel of multi-channel recordings (0 = first).",
 )
 def crossval_cmd(
-    data_paths, review, seeds, seed, steps, batch_size, jobs, remix_scale, out, channel
+    data_paths,
+    review,
+    seeds,
+    seed,
+    steps,
+    batch_size,
+    jobs,
+    remix_scale,
+    normalisation,
+    out,
+    channel,
 ) -> None:
     """Leave-one-day-out cross-validation: per fold and seed, train on the other days, score
     the held-out day and background as the daemon does; report per fold and pooled, and the
@@ -633,7 +661,12 @@ def crossval_cmd(
             f"{len(sets.eval_ann)} annotated recordings, {len(sets.eval_bg)} background, "
             f"{len(sets.clips)} clips"
         )
-        options = {"steps": steps, "batch_size": batch_size, "mix": {"remix_scale": (lo, hi)}}
+        options = {
+            "steps": steps,
+            "batch_size": batch_size,
+            "mix": {"remix_scale": (lo, hi)},
+            "frontend": {"normalisation": normalisation},
+        }
         summary = run_crossval(
             sets.eval_ann,
             sets.eval_bg,

@@ -26,6 +26,9 @@ class FrontEndConfig:
     f_min: float = 30.0
     f_max: float = 400.0  # up-calls sweep 50-100 Hz -> 150-250 Hz; harmonics reach a bit higher
     log_floor: float = 1e-10
+    # "contrast": log mel, each band's then each frame's mean over the window removed;
+    # "pcen": per-channel energy normalisation (Lostanlen et al. 2019) over the window's frames
+    normalisation: str = "contrast"
 
     @property
     def n_frames(self) -> int:
@@ -65,6 +68,10 @@ class FrontEnd(nn.Module):
         self.n_bins = hi - lo
         self.register_buffer("dft", torch.tensor(kernels[:, None, :], dtype=torch.float32))
         self.register_buffer("mel", torch.tensor(mel[:, lo:hi], dtype=torch.float32))
+        if cfg.normalisation == "pcen":
+            self.register_buffer("pcen_kernel", pcen_kernel(cfg.n_mels, cfg.n_frames))
+        elif cfg.normalisation != "contrast":
+            raise ValueError(f"unknown normalisation {cfg.normalisation!r}")
 
     def mel_power(self, x: torch.Tensor) -> torch.Tensor:
         """[B, samples] -> mel power [B, n_mels, frames] = librosa melspectrogram(center=False)."""
@@ -77,6 +84,12 @@ class FrontEnd(nn.Module):
         n_fft samples only, so a stream's frames can be computed once and shared by windows."""
         return torch.log(self.mel_power(x) + self.cfg.log_floor)
 
+    def normalise(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Per-window normalisation chosen by the config: [B, n_mels, frames] -> [B, 1, ...]."""
+        if self.cfg.normalisation == "pcen":
+            return pcen(logmel, self.pcen_kernel, self.cfg.log_floor)
+        return self.contrast(logmel)
+
     @staticmethod
     def contrast(logmel: torch.Tensor) -> torch.Tensor:
         """Per-window contrast enhancement: remove each band's background (tonals, coloured
@@ -87,4 +100,33 @@ class FrontEnd(nn.Module):
         return logmel.unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.contrast(self.log_mel(x))
+        return self.normalise(self.log_mel(x))
+
+
+PCEN_SMOOTH, PCEN_ALPHA, PCEN_DELTA, PCEN_R = 0.04, 0.98, 2.0, 0.5  # 0.5-s smoother at 20 ms
+PCEN_SCALE = 2.0**31  # mel power of [-1, 1] samples, brought to librosa's int-scaled range
+
+
+def pcen_kernel(n_mels: int, n_frames: int) -> torch.Tensor:
+    """The smoother as causal weights over a window's frames, one copy per band: frame t-k
+    weighs s(1-s)^k, and the oldest tap also stands for every frame before the window (so the
+    weights sum to 1 and a steady level maps to itself). [n_mels, 1, n_frames]."""
+    k = np.arange(n_frames - 1, -1, -1)
+    weights = PCEN_SMOOTH * (1 - PCEN_SMOOTH) ** k
+    weights[0] = (1 - PCEN_SMOOTH) ** (n_frames - 1)
+    return torch.tensor(np.tile(weights, (n_mels, 1, 1)), dtype=torch.float32)
+
+
+def pcen(logmel: torch.Tensor, kernel: torch.Tensor, floor: float) -> torch.Tensor:
+    """Per-channel energy normalisation inside one window: each band divided by its own smoothed
+    level (a first-order low-pass over time, run as a causal convolution whose first frame
+    stands for the frames before the window), then root-compressed. Unlike a mean removed over
+    the whole window, the smoother follows noise that changes within the window, and the
+    division keeps a faint call as visible as a loud one. [B, n_mels, frames] -> [B, 1, ...]."""
+    power = (torch.exp(logmel) - floor).clamp_min(0) * PCEN_SCALE
+    first = power[:, :, :1].expand(-1, -1, kernel.shape[-1] - 1)
+    padded = torch.cat([first, power], dim=2)
+    smooth = nn.functional.conv1d(padded, kernel, groups=kernel.shape[0])
+    gain = (1e-6 + smooth) ** PCEN_ALPHA
+    out = (power / gain + PCEN_DELTA) ** PCEN_R - PCEN_DELTA**PCEN_R
+    return out.unsqueeze(1)

@@ -139,7 +139,7 @@ class HeadModel(nn.Module):
         self.detector = detector
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.detector.net(self.detector.frontend.contrast(logmel)))
+        return torch.sigmoid(self.detector.net(self.detector.frontend.normalise(logmel)))
 
 
 def count_parameters(model: nn.Module) -> int:

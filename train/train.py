@@ -174,17 +174,18 @@ def train_model(
     seed: int = 0,
     steps: int = 3600,
     batch_size: int = 96,
-    frontend: FrontEndConfig | None = None,
+    frontend: dict | None = None,
     time_pool: int = TIME_POOL,
     mix: dict | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> UpcallDetector:
-    """One detector from a recipe given as plain values (picklable, for crossval's workers)."""
+    """One detector from a recipe given as plain values (JSON-able, for crossval's workers and
+    its report): frontend and mix are FrontEndConfig and Mix fields."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     sampler = WindowSampler(recordings, clips, mix=Mix(**(mix or {})), seed=seed)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device="cpu")
-    return train(sampler, cfg, frontend, time_pool, log=log).cpu()
+    return train(sampler, cfg, FrontEndConfig(**(frontend or {})), time_pool, log=log).cpu()
 
 
 @dataclass
