@@ -17,11 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 
 from detector.audio import StreamingResampler
+from detector.clock import ClockWatch
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from detector.errors import WhaleError
 from detector.events import EventMerger, RawEvent, build_event, iso_utc
@@ -91,6 +92,7 @@ class Listener:
         heartbeat_s: float = 10.0,
         stall_s: float = 10.0,
         retry_max: float = 30.0,
+        clock: ClockWatch | None = None,
     ) -> None:
         self.model = model
         self.threshold = threshold
@@ -102,6 +104,7 @@ class Listener:
         self.heartbeat_s = heartbeat_s
         self.stall_s = stall_s
         self.retry_max = retry_max
+        self.clock = clock  # live cards: event times held to the wall clock
         self.counters = Counters()
         self.silence = SilenceWatch()
         self.seq = 0
@@ -194,6 +197,7 @@ class Listener:
             "silent_s": round(self.silence.run_s, 1),
             "lag_s": round(source.ring.available / source.samplerate, 3),
             "realtime_factor": round(audio_s / c.processing_s, 1) if c.processing_s else None,
+            **(self.clock.status_fields() if self.clock is not None else {}),
             **{k: v for output in self.outputs for k, v in output.status_fields().items()},
         }
 
@@ -235,6 +239,7 @@ class Listener:
                     if segment.resampler is not None:
                         block = segment.resampler.process(block)
                     self._score_block(block, segment, merger, stream_start)
+                    stream_start = self._check_clock(stream_start, segment)
                     c.processing_s += time.monotonic() - now
                 elif ring.closed or (reopen is not None and now - last_audio > self.stall_s):
                     if reopen is None:
@@ -268,6 +273,14 @@ class Listener:
         segment.seen += len(block)
         c.windows += len(scores)
         self._deliver(merger.push(starts + segment.base, scores), stream_start)
+
+    def _check_clock(self, stream_start: datetime, segment: Segment) -> datetime:
+        """The stream start, re-anchored when the card's sample count leaves the wall clock."""
+        if self.clock is None:
+            return stream_start
+        ring = self.source.ring
+        unread = (ring.available + int(ring.dropped)) * SAMPLE_RATE / self.source.samplerate
+        return self.clock.check(stream_start, segment.position + unread, datetime.now(UTC))
 
     def _watch_silence(self, block: np.ndarray) -> None:
         name = self.source.name

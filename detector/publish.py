@@ -17,6 +17,7 @@ import zmq
 from detector.errors import WhaleError
 
 SEND_HWM = 100_000  # queued messages per subscriber before ZeroMQ drops (never blocks) new ones
+MAX_INBOUND_BYTES = 256  # a subscription ("\x01" + topic) longer than this drops its client
 
 
 def encode(obj: dict) -> bytes:
@@ -51,7 +52,7 @@ class EventLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             created = not self.path.exists()
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             if created:
                 _fsync_dir(self.path.parent)  # the new file's name must survive a crash too
             self._repair_torn_tail()
@@ -160,6 +161,7 @@ class Publisher:
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, even repeats
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)  # a 10 MiB topic: 550 MB
         self._subscriptions = 0
         self.dropped = 0  # messages ZeroMQ refused to queue (the log still has them)
         self.endpoints: list[str] = []  # as bound, e.g. with the real port for tcp://host:*
