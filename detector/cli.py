@@ -92,7 +92,9 @@ def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
 
 def _typed(option: Option, value: object) -> object:
     """A command-line value through the option's own check (click typed the numbers already)."""
-    if value is None or isinstance(value, Path | int | float):
+    if isinstance(value, Path):
+        value = str(value)  # through the path's check too: a name must be valid UTF-8
+    if value is None or isinstance(value, int | float):
         return value
     try:
         return option.check(value)
@@ -153,9 +155,17 @@ def main(ctx: click.Context, list_devices: bool, config: Path | None, **_: objec
 
 def run(settings: Settings) -> int:
     """Open everything (failing early, before any audio), then listen until done or stopped."""
+    previous_umask = os.umask(0o027)  # events and clips: 0640, folders 0750, at most
+    os.umask(previous_umask | 0o027)
+    try:
+        return _run(settings)
+    finally:
+        os.umask(previous_umask)  # an in-process caller gets its own back
+
+
+def _run(settings: Settings) -> int:
     from detector.daemon import finish, listen, open_listener, summary
 
-    os.umask(os.umask(0o027) | 0o027)  # events and clips: 0640, folders 0750, at most
     opened = open_listener(settings)
     if opened is None:
         return 0  # a file shorter than one window: said, nothing to score

@@ -238,8 +238,8 @@ class Listener:
                     last_audio = now
                     if segment.resampler is not None:
                         block = segment.resampler.process(block)
+                    stream_start = self._check_clock(stream_start, segment.position + len(block))
                     self._score_block(block, segment, merger, stream_start)
-                    stream_start = self._check_clock(stream_start, segment)
                     c.processing_s += time.monotonic() - now
                 elif ring.closed or (reopen is not None and now - last_audio > self.stall_s):
                     if reopen is None:
@@ -274,13 +274,14 @@ class Listener:
         c.windows += len(scores)
         self._deliver(merger.push(starts + segment.base, scores), stream_start)
 
-    def _check_clock(self, stream_start: datetime, segment: Segment) -> datetime:
-        """The stream start, re-anchored when the card's sample count leaves the wall clock."""
+    def _check_clock(self, stream_start: datetime, received: int) -> datetime:
+        """The stream start, re-anchored when the card's sample count (`received` 2 kHz samples
+        so far, plus what waits in the ring) leaves the wall clock; checked before scoring."""
         if self.clock is None:
             return stream_start
         ring = self.source.ring
         unread = (ring.available + int(ring.dropped)) * SAMPLE_RATE / self.source.samplerate
-        return self.clock.check(stream_start, segment.position + unread, datetime.now(UTC))
+        return self.clock.check(stream_start, received + unread, datetime.now(UTC))
 
     def _watch_silence(self, block: np.ndarray) -> None:
         name = self.source.name

@@ -67,15 +67,27 @@ def _name(value: object) -> str:
     text = _string(value)
     if len(text) > MAX_NAME:
         raise ValueError(f"longer than {MAX_NAME} characters")
-    if not text.isprintable() or any("\ud800" <= c <= "\udfff" for c in text):
-        raise ValueError(f"{ascii(text)} is not printable UTF-8 text")
+    if not _utf8(text).isprintable():
+        raise ValueError(f"'{text}' is not printable text (one line, no control characters)")
+    return text
+
+
+def _utf8(text: str) -> str:
+    """Bytes that are not UTF-8 (a name from a Latin-1 shell) arrive as lone surrogates: no
+    event, log line or library (soundfile) can encode them, so they are refused up front."""
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        raise ValueError(f"'{text}' is not valid UTF-8: rename it")
     return text
 
 
 def _path_or_none(value: object) -> Path | None:
     if not isinstance(value, str):
         raise ValueError(f"expected a path string, got {value!r}")
-    return Path(value) if value else None
+    return Path(_utf8(value)) if value else None
+
+
+def _path(value: object) -> Path:
+    return Path(_utf8(_string(value)))
 
 
 def _bool(value: object) -> bool:
@@ -167,10 +179,10 @@ class FiniteFloatRange(click.FloatRange):
     are false), and a nan threshold would never fire while a nan hop crashes."""
 
     def convert(self, value: object, param: object, ctx: object) -> float:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):  # before the range: inf is out of range for another reason
             self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
+        return super().convert(number, param, ctx)
 
 
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -233,7 +245,7 @@ OPTIONS: tuple[Option, ...] = (
            f"`{DEFAULT_ENDPOINT}`", list, multiple=True, output="detector.zmq_output"),
     Option("heartbeat", 10.0, Number(float, 0, 86400, lo_open=True),
            "Seconds between status messages.", "10", float),
-    Option("events_log", Path("whale-listen-events.jsonl"), lambda v: Path(_string(v)),
+    Option("events_log", Path("whale-listen-events.jsonl"), _path,
            "Durable JSON-lines log of every event.", "`whale-listen-events.jsonl`",
            click_type=FILE),
     Option("wait_subscribers", 0, Number(int, 0, 10000), "Replay: wait for this many subscribers "
