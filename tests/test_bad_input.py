@@ -244,25 +244,38 @@ def test_a_stale_ipc_socket_file_is_reused(tmp_path, tiny_model, recording):
     assert result.exit_code == 0, result.stderr
 
 
+HUGE_SUBSCRIBER = """
+import sys, time, zmq
+sock = zmq.Context().socket(zmq.SUB)
+sock.connect(sys.argv[1])
+sock.setsockopt(zmq.SUBSCRIBE, b"u" * (10 << 20))
+print("subscribed", flush=True)
+time.sleep(60)
+"""  # its own process: libzmq crashes in term() on a socket its peer keeps dropping
+
+
 def test_a_huge_subscription_drops_its_client_not_the_memory():
     """Before: a 10 MiB topic was taken (and the daemon grew by 550 MB for one client)."""
     publisher = Publisher(["tcp://127.0.0.1:*"])
     context = zmq.Context()
+    fine = context.socket(zmq.SUB)
+    huge = subprocess.Popen(
+        [sys.executable, "-c", HUGE_SUBSCRIBER, publisher.endpoints[0]],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
-        huge = context.socket(zmq.SUB)
-        huge.connect(publisher.endpoints[0])
-        huge.setsockopt(zmq.SUBSCRIBE, b"u" * (10 << 20))
-        fine = context.socket(zmq.SUB)
+        assert huge.stdout.readline() == "subscribed\n"
         fine.connect(publisher.endpoints[0])
         fine.setsockopt(zmq.SUBSCRIBE, b"upcall")
         assert publisher.wait_subscribers(1, timeout=10) == 1
-        publisher.wait_subscribers(2, timeout=1)  # the huge one would have arrived by now
+        publisher.wait_subscribers(2, timeout=2)  # the huge one has had time to arrive
         assert publisher.subscriptions == 1
         publisher.send("upcall", {"seq": 1})
         assert fine.poll(5000) and json.loads(fine.recv_multipart()[1]) == {"seq": 1}
     finally:
-        for sock in (huge, fine):
-            sock.close(linger=0)
+        huge.kill()
+        huge.wait()
+        fine.close(linger=0)
         context.term()
         publisher.close(linger_ms=0)
 
