@@ -3,32 +3,66 @@
 `whale-listen --replay FILE` or `whale-listen --device NAME` runs the listener;
 `whale-listen subscribe ENDPOINT` prints what a running listener publishes.
 Every failure a user can cause is one line on stderr and a non-zero exit, never a traceback,
-and whatever was detected before it is already in the event log.
+and whatever was detected before it is already in the event log. The exit status says what
+kind of failure it was (detector.errors): 64 a bad command line, 78 a bad configuration (config
+file, model, card), 2 a runtime failure (file, device, endpoint, disk), 0 a clean stop.
 """
 
-import json
+import os
+import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
+import threading
 
-import click
 
-from detector import __version__
-from detector.errors import WhaleError
-from detector.journal import configure, log, say
-from detector.settings import OPTIONS, FiniteFloatRange, Option, Settings, load_config
+def _stopped_while_starting(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM before the listener's own handlers (imports, model loading, binding):
+    nothing is detected yet, so stop at once, in one line: no traceback, no death by signal."""
+    name = signal.Signals(signum).name
+    os.write(2, f"whale-listen: stopped by {name} during start-up\n".encode())
+    os._exit(130 if signum == signal.SIGINT else 0)
+
+
+if threading.current_thread() is threading.main_thread():  # first, before the slow imports
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _stopped_while_starting)
+
+
+def _default_signals() -> None:
+    """Commands other than the daemon: Ctrl-C is an ordinary KeyboardInterrupt again."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+import json  # noqa: E402 - after the handlers: a signal during these imports is handled
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from detector import __version__  # noqa: E402
+from detector.errors import EX_USAGE, UsageError, WhaleError  # noqa: E402
+from detector.journal import configure, log, say  # noqa: E402
+from detector.settings import (  # noqa: E402
+    OPTIONS,
+    FiniteFloatRange,
+    Option,
+    Settings,
+    load_config,
+)
 
 EXIT_ERROR = 2
 
 
-def fail(message: str) -> "None":
+def fail(message: str, status: int = EXIT_ERROR) -> "None":
     log.error(message)
-    sys.exit(EXIT_ERROR)
+    sys.exit(status)
 
 
 class OneLineErrors(click.Group):
     """Click's usage errors (a bad option value, an unknown option) in the daemon's one-line form,
-    so every mistake reads the same in a journal: `whale-listen: error: ...`, exit 2."""
+    so every mistake reads the same in a journal: `whale-listen: error: ...`, exit 64."""
 
     def main(self, *args: object, **kwargs: object) -> object:
         if kwargs.get("standalone_mode", True) is False:
@@ -37,7 +71,7 @@ class OneLineErrors(click.Group):
         try:
             code = super().main(*args, **kwargs)
         except click.ClickException as e:
-            fail(e.format_message())
+            fail(e.format_message(), EX_USAGE)
         except click.Abort:
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
@@ -58,12 +92,14 @@ def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
 
 def _typed(option: Option, value: object) -> object:
     """A command-line value through the option's own check (click typed the numbers already)."""
-    if value is None or isinstance(value, Path | int | float):
+    if isinstance(value, Path):
+        value = str(value)  # through the path's check too: a name must be valid UTF-8
+    if value is None or isinstance(value, int | float):
         return value
     try:
         return option.check(value)
     except ValueError as e:
-        raise WhaleError(f"{option.option}: {e}") from None
+        raise UsageError(f"{option.option}: {e}") from None
 
 
 def setting_options(command: Callable) -> Callable:
@@ -112,13 +148,22 @@ def main(ctx: click.Context, list_devices: bool, config: Path | None, **_: objec
         settings = gather_settings(ctx, config)
         sys.exit(run(settings))
     except WhaleError as e:
-        fail(str(e))
+        fail(str(e), e.exit_status)
     except KeyboardInterrupt:  # Ctrl-C before the listener's own handler is installed
         sys.exit(130)
 
 
 def run(settings: Settings) -> int:
     """Open everything (failing early, before any audio), then listen until done or stopped."""
+    previous_umask = os.umask(0o027)  # events and clips: 0640, folders 0750, at most
+    os.umask(previous_umask | 0o027)
+    try:
+        return _run(settings)
+    finally:
+        os.umask(previous_umask)  # an in-process caller gets its own back
+
+
+def _run(settings: Settings) -> int:
     from detector.daemon import finish, listen, open_listener, summary
 
     opened = open_listener(settings)
@@ -126,8 +171,22 @@ def run(settings: Settings) -> int:
         return 0  # a file shorter than one window: said, nothing to score
     listener, source, outputs = opened
     error = listen(listener, source, outputs, settings)
-    say(summary(listener))
-    return finish(listener.log, error, settings)
+    with _signals_ignored():  # already stopping: a second signal must not cut the summary
+        say(summary(listener))
+        return finish(listener.log, error, settings)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @main.command("subscribe")
@@ -149,12 +208,13 @@ def subscribe_cmd(endpoint: str, topics: tuple[str, ...], timeout: float | None)
     """Print what a whale-listen publisher sends, one JSON object per line."""
     from detector.subscriber import subscribe
 
+    _default_signals()
     try:
         for _topic, obj in subscribe(endpoint, list(topics) or None, timeout):
             click.echo(json.dumps(obj))  # "type" says upcall or status
             sys.stdout.flush()
     except WhaleError as e:
-        fail(str(e))
+        fail(str(e), e.exit_status)
     except KeyboardInterrupt:
         pass
 
@@ -171,7 +231,8 @@ def export_raven_cmd(events_log: Path, output: Path | None) -> None:
     """Write a Raven Pro selection table of an event log; print its path."""
     from detector.raven import export_raven
 
+    _default_signals()
     try:
         click.echo(str(export_raven(events_log, output)))
     except WhaleError as e:
-        fail(str(e))
+        fail(str(e), e.exit_status)

@@ -5,14 +5,17 @@ always ends the same way, whatever stopped it: the source is stopped, the output
 they hold, the log is closed, and the events the disk never took go to standard output.
 """
 
+import os
 import signal
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+from detector.clock import ClockWatch
 from detector.constants import SAMPLE_RATE
-from detector.errors import WhaleError
+from detector.errors import ConfigError, WhaleError
 from detector.eventlog import EventLog
 from detector.journal import log as journal
 from detector.journal import say
@@ -34,6 +37,7 @@ def open_listener(settings: Settings) -> tuple[Listener, Input, list[Output]] | 
     opened = open_input(settings)
     if opened is None:
         return None
+    _refuse_pipe(settings.events_log)
     log = EventLog(settings.events_log)
     try:
         outputs = build_outputs(settings)
@@ -44,6 +48,7 @@ def open_listener(settings: Settings) -> tuple[Listener, Input, list[Output]] | 
         model, threshold, window_hop, log, outputs, settings.station, batch=settings.batch,
         heartbeat_s=settings.heartbeat, stall_s=settings.stall_timeout,
         retry_max=settings.retry_max,
+        clock=ClockWatch(opened.source.name) if opened.reopen is not None else None,
     )  # fmt: skip
     described = [o.describe() for o in outputs]
     opened.notes += [
@@ -53,6 +58,19 @@ def open_listener(settings: Settings) -> tuple[Listener, Input, list[Output]] | 
         f"log {settings.events_log}",
     ]
     return listener, opened, outputs
+
+
+def _refuse_pipe(path: object) -> None:
+    """Opening a FIFO (or a socket) to append would wait for a reader forever, before any audio:
+    an event log must be a file (or a device, such as /dev/full in a disk-full drill)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # absent (created) or unreadable: EventLog says why
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISDIR(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+        kind = "a directory" if stat.S_ISDIR(mode) else kind
+        raise ConfigError(f"event log {path} is {kind}, not a file")
 
 
 @contextmanager

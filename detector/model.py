@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
-from detector.errors import WhaleError
+from detector.card import check_card
+from detector.constants import WINDOW_SAMPLES
+from detector.errors import ConfigError, WhaleError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "upcall.onnx"
@@ -26,10 +27,14 @@ def card_path(model_path: Path) -> Path:
 
 
 def sha256_file(path: Path) -> str:
+    """The file's sha256; an unreadable file (permissions, I/O) is a ConfigError naming it."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as e:
+        raise ConfigError(f"cannot read model file {path}: {e.strerror or e}") from None
     return digest.hexdigest()
 
 
@@ -40,11 +45,11 @@ def load_card(model_path: Path) -> dict:
         return {}
     try:
         card = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise WhaleError(f"corrupt model card {path}: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise ConfigError(f"corrupt model card {path}: {e}") from None
     if not isinstance(card, dict):
-        raise WhaleError(f"corrupt model card {path}: not a JSON object")
-    return card
+        raise ConfigError(f"corrupt model card {path}: not a JSON object")
+    return check_card(card, path)
 
 
 def choose_providers(provider: str, available: list[str]) -> list[str]:
@@ -53,9 +58,9 @@ def choose_providers(provider: str, available: list[str]) -> list[str]:
         wanted = [PROVIDERS["cuda"]] if PROVIDERS["cuda"] in available else []
         return wanted + [PROVIDERS["cpu"]]
     if provider not in PROVIDERS:
-        raise WhaleError(f"unknown provider {provider!r}; choose auto, cpu or cuda")
+        raise ConfigError(f"unknown provider {provider!r}; choose auto, cpu or cuda")
     if PROVIDERS[provider] not in available:
-        raise WhaleError(
+        raise ConfigError(
             f"provider {provider!r} is not available in this onnxruntime "
             f"(has: {', '.join(available)}); install the gpu extra for CUDA"
         )
@@ -129,15 +134,14 @@ class Model:
 
 
 def load_model(path: Path | str | None = None, provider: str = "auto", threads: int = 0) -> Model:
-    """Open the model with onnxruntime; every failure is a one-line WhaleError naming the file."""
+    """Open the model with onnxruntime; every failure is a one-line ConfigError naming the file
+    (a model or card that is wrong stays wrong however often the service restarts)."""
     import onnxruntime as ort
 
     path = Path(path) if path else DEFAULT_MODEL
     if not path.is_file():
-        raise WhaleError(f"model not found: {path}")
+        raise ConfigError(f"model not found: {path}")
     card = load_card(path)
-    if card.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
-        raise WhaleError(f"model {path} expects {card['sample_rate']} Hz, not {SAMPLE_RATE} Hz")
     sha256 = sha256_file(path)
     _check_sha(path, sha256, card.get("sha256"), card_path(path))
     options = ort.SessionOptions()
@@ -146,24 +150,11 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
     options.log_severity_level = 3
     providers = choose_providers(provider, ort.get_available_providers())
     session = _session(path, options, providers)
-    frames_session = head_session = None
-    streaming = card.get("streaming")
-    if isinstance(streaming, dict):
-        halves = []
-        for half in ("frames", "head"):
-            half_path = path.parent / str(streaming.get(half))
-            if half_path.is_file():
-                _check_sha(
-                    half_path,
-                    sha256_file(half_path),
-                    streaming.get(f"{half}_sha256"),
-                    card_path(path),
-                )
-            halves.append(_session(half_path, options, providers))
-        frames_session, head_session = halves
+    frames_session, head_session = _halves(path, card, options, providers)
     inputs = session.get_inputs()
-    if len(inputs) != 1 or inputs[0].shape[-1] != WINDOW_SAMPLES:
-        raise WhaleError(f"model {path} does not take [batch, {WINDOW_SAMPLES}] samples")
+    if len(inputs) != 1 or inputs[0].shape[-1] != WINDOW_SAMPLES or len(inputs[0].shape) != 2:
+        raise ConfigError(f"model {path} does not take [batch, {WINDOW_SAMPLES}] samples")
+    _check_dynamic_batch(path, inputs[0].shape)
     model = Model(
         path=path,
         card=card,
@@ -174,15 +165,63 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
         frames_session=frames_session,
         head_session=head_session,
     )
-    # one tiny run now, so a model outside the contract fails at start-up, not mid-stream
+    _try(model)
+    return model
+
+
+def _halves(path: Path, card: dict, options: object, providers: list[str]) -> tuple:
+    """The streaming halves the card names, each checked against its sha256, or (None, None)."""
+    streaming = card.get("streaming")
+    if not isinstance(streaming, dict):
+        return None, None
+    halves = []
+    for half, input_name in (("frames", "samples"), ("head", "logmel")):
+        half_path = path.parent / str(streaming.get(half))
+        if half_path.is_file():
+            digest = sha256_file(half_path)
+            _check_sha(half_path, digest, streaming.get(f"{half}_sha256"), card_path(path))
+        session = _session(half_path, options, providers)
+        names = [i.name for i in session.get_inputs()]
+        if names != [input_name]:  # e.g. the card's two halves swapped
+            raise ConfigError(
+                f"model file {half_path} takes {names}, not [{input_name!r}]: it is not the "
+                f"{half} half its card {card_path(path)} says it is"
+            )
+        if half == "head":  # the frames half takes one stream, [1, samples], by design
+            _check_dynamic_batch(half_path, session.get_inputs()[0].shape)
+        halves.append(session)
+    return tuple(halves)
+
+
+def _check_dynamic_batch(path: Path, shape: list) -> None:
+    """A graph exported with a fixed batch passes a start-up test at that batch and then fails
+    on the first longer or shorter call (batches vary: the last one of a replay is short)."""
+    if shape and isinstance(shape[0], int):
+        raise ConfigError(
+            f"model {path} has a fixed batch of {shape[0]} window(s); the daemon needs a "
+            f"dynamic batch axis: re-export it (train/export.py does)"
+        )
+
+
+def _try(model: Model) -> None:
+    """One tiny run of every path now, so a model outside the contract fails at start-up,
+    not mid-stream: the whole model, and the streaming halves when the card names them."""
     try:
         model.score(np.zeros((2, WINDOW_SAMPLES), dtype=np.float32))
-    except WhaleError:
-        raise
+        if model.frames_session is not None:
+            spec = model.streaming
+            frames = model.log_mel(np.zeros(WINDOW_SAMPLES, dtype=np.float32))
+            if frames.ndim != 2 or frames.shape[1] != spec["frames_per_window"]:
+                raise ConfigError(
+                    f"model {model.path}: its frames half gives {list(frames.shape)} for one "
+                    f"window, not [n_mels, {spec['frames_per_window']}] as the card says"
+                )
+            model.score_log_mel(np.stack([frames, frames]))
+    except WhaleError as e:
+        raise ConfigError(str(e)) from None
     except Exception as e:  # onnxruntime raises several private exception types
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WhaleError(f"model {path} fails on a batch of 2 windows: {first_line}") from None
-    return model
+        raise ConfigError(f"model {model.path} fails on a batch of 2 windows: {first_line}") from e
 
 
 def _check_sha(path: Path, actual: str, expected: object, card: Path) -> None:
@@ -190,7 +229,7 @@ def _check_sha(path: Path, actual: str, expected: object, card: Path) -> None:
     swapped under an old card) could still load and then score with the wrong threshold or
     the wrong half: refuse it rather than publish its events under the card's name."""
     if expected is not None and actual != expected:
-        raise WhaleError(
+        raise ConfigError(
             f"model file {path} does not match its card {card} (sha256 {actual[:12]}, "
             f"card says {str(expected)[:12]}): reinstall or re-export the model"
         )
@@ -200,9 +239,9 @@ def _session(path: Path, options: object, providers: list[str]) -> object:
     import onnxruntime as ort
 
     if not path.is_file():
-        raise WhaleError(f"model file not found: {path}")
+        raise ConfigError(f"model file not found: {path}")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # onnxruntime raises several private exception types
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WhaleError(f"cannot load model {path}: {first_line}") from None
+        raise ConfigError(f"cannot load model {path}: {first_line}") from None

@@ -17,11 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 
 from detector.audio import StreamingResampler
+from detector.clock import ClockWatch
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from detector.errors import WhaleError
 from detector.eventlog import EventLog
@@ -95,6 +96,7 @@ class Listener:
         heartbeat_s: float = 10.0,
         stall_s: float = 10.0,
         retry_max: float = 30.0,
+        clock: ClockWatch | None = None,
     ) -> None:
         self.model = model
         self.threshold = threshold
@@ -106,6 +108,7 @@ class Listener:
         self.heartbeat_s = heartbeat_s
         self.stall_s = stall_s
         self.retry_max = retry_max
+        self.clock = clock  # live cards: event times held to the wall clock
         self.counters = Counters()
         self.silence = SilenceWatch()
         self.seq = 0
@@ -201,6 +204,7 @@ class Listener:
             silent_s=round(self.silence.run_s, 1),
             lag_s=round(source.ring.available / source.samplerate, 3),
             realtime_factor=round(audio_s / c.processing_s, 1) if c.processing_s else None,
+            **(self.clock.status_fields() if self.clock is not None else {}),
             **{k: v for output in self.outputs for k, v in output.status_fields().items()},
         )
 
@@ -241,6 +245,7 @@ class Listener:
                     last_audio = now
                     if segment.resampler is not None:
                         block = segment.resampler.process(block)
+                    stream_start = self._check_clock(stream_start, segment.position + len(block))
                     self._score_block(block, segment, merger, stream_start)
                     c.processing_s += time.monotonic() - now
                 elif ring.closed or (reopen is not None and now - last_audio > self.stall_s):
@@ -275,6 +280,15 @@ class Listener:
         segment.seen += len(block)
         c.windows += len(scores)
         self._deliver(merger.push(starts + segment.base, scores), stream_start)
+
+    def _check_clock(self, stream_start: datetime, received: int) -> datetime:
+        """The stream start, re-anchored when the card's sample count (`received` 2 kHz samples
+        so far, plus what waits in the ring) leaves the wall clock; checked before scoring."""
+        if self.clock is None:
+            return stream_start
+        ring = self.source.ring
+        unread = (ring.available + int(ring.dropped)) * SAMPLE_RATE / self.source.samplerate
+        return self.clock.check(stream_start, received + unread, datetime.now(UTC))
 
     def _watch_silence(self, block: np.ndarray) -> None:
         name = self.source.name

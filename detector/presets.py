@@ -9,7 +9,7 @@ only `threshold`, which still works. A malformed preset is an error naming the c
 import math
 from pathlib import Path
 
-from detector.errors import WhaleError
+from detector.errors import ConfigError
 
 
 def _fraction(value: object, absent_ok: bool) -> bool:
@@ -49,11 +49,11 @@ def check_presets(card: dict, card_file: Path) -> dict | None:
     if presets is None:
         return None
     if not isinstance(presets, dict):
-        raise WhaleError(f"model card {card_file}: presets is not an object")
+        raise ConfigError(f"model card {card_file}: presets is not an object")
     for name, preset in presets.items():
         why = _bad_preset(preset)
         if why is not None:
-            raise WhaleError(f"model card {card_file}: preset {name!r}: {why}")
+            raise ConfigError(f"model card {card_file}: preset {name!r}: {why}")
     return presets
 
 
@@ -75,15 +75,15 @@ def choose_threshold(
     if presets is None:
         value = card.get("threshold")
         if value is None:
-            raise WhaleError(f"model card {card_file} has no threshold: give --threshold")
+            raise ConfigError(f"model card {card_file} has no threshold: give --threshold")
         if not _fraction(value, absent_ok=False):
-            raise WhaleError(f"model card {card_file}: threshold {value!r} is not in [0, 1]")
+            raise ConfigError(f"model card {card_file}: threshold {value!r} is not in [0, 1]")
         return float(value), (
             f"model card {card_file} has no presets: --sensitivity ignored, "
             f"card threshold {value:g}"
         )
     if sensitivity not in presets:
-        raise WhaleError(
+        raise ConfigError(
             f"model card {card_file} has no {sensitivity!r} preset (has: {', '.join(presets)})"
         )
     preset = presets[sensitivity]

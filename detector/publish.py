@@ -13,6 +13,7 @@ from detector.errors import WhaleError
 from detector.records import encode
 
 SEND_HWM = 100_000  # queued messages per subscriber before ZeroMQ drops (never blocks) new ones
+MAX_INBOUND_BYTES = 256  # a subscription ("\x01" + topic) longer than this drops its client
 
 
 class Publisher:
@@ -23,6 +24,7 @@ class Publisher:
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, even repeats
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)  # a 10 MiB topic: 550 MB
         self._subscriptions = 0
         self.dropped = 0  # messages ZeroMQ refused to queue (the log still has them)
         self.endpoints: list[str] = []  # as bound, e.g. with the real port for tcp://host:*

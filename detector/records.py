@@ -73,7 +73,7 @@ class Event(_Record):
 class Status(_Record):
     """The heartbeat: the loop's counters, the source's state, and the outputs' own fields."""
 
-    OPTIONAL = ("zmq_dropped", "clips", "mqtt")
+    OPTIONAL = ("clock_resets", "clock_drift_s", "zmq_dropped", "clips", "mqtt")
 
     schema: int = SCHEMA
     type: str = STATUS_TYPE
@@ -95,6 +95,8 @@ class Status(_Record):
     silent_s: float
     lag_s: float  # audio waiting to be scored
     realtime_factor: float | None  # None before any audio was processed
+    clock_resets: int | None = None  # live cards: re-anchors to the wall clock (detector.clock)
+    clock_drift_s: float | None = None  # live cards: sample count minus wall time, last check
     zmq_dropped: int | None = None  # the ZeroMQ output's
     clips: dict | None = None  # the clip output's
     mqtt: dict | None = None  # the MQTT output's

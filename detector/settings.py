@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from detector.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE, WINDOW_SECONDS
-from detector.errors import WhaleError
+from detector.errors import ConfigError, WhaleError
 from detector.numbers import number
 
 DEFAULT_CONFIG = Path("/etc/whale-listen/config.toml")
@@ -39,10 +39,36 @@ def _string(value: object) -> str:
     return value
 
 
+MAX_NAME = 128
+
+
+def _name(value: object) -> str:
+    """A name that goes into every event and journal line: printable UTF-8, one line, short.
+    Bytes that are not UTF-8 (a Latin-1 shell) would make every event unencodable."""
+    text = _string(value)
+    if len(text) > MAX_NAME:
+        raise ValueError(f"longer than {MAX_NAME} characters")
+    if not _utf8(text).isprintable():
+        raise ValueError(f"'{text}' is not printable text (one line, no control characters)")
+    return text
+
+
+def _utf8(text: str) -> str:
+    """Bytes that are not UTF-8 (a name from a Latin-1 shell) arrive as lone surrogates: no
+    event, log line or library (soundfile) can encode them, so they are refused up front."""
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        raise ValueError(f"'{text}' is not valid UTF-8: rename it")
+    return text
+
+
 def _path_or_none(value: object) -> Path | None:
     if not isinstance(value, str):
         raise ValueError(f"expected a path string, got {value!r}")
-    return Path(value) if value else None
+    return Path(_utf8(value)) if value else None
+
+
+def _path(value: object) -> Path:
+    return Path(_utf8(_string(value)))
 
 
 def _bool(value: object) -> bool:
@@ -56,7 +82,23 @@ def _endpoints(value: object) -> tuple[str, ...]:
     items = list(items) if isinstance(items, tuple) else items  # repeated command-line options
     if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):
         raise ValueError(f"expected a list of endpoints, got {value!r}")
+    for item in items:
+        _check_endpoint(item)
     return tuple(items)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """tcp://HOST:PORT (PORT 1-65535 or *) or ipc://PATH; libzmq itself would bind
+    `tcp://h:-1` as port 65535 and `tcp://h:70000` as 4464 without a word."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"{ascii(endpoint)} is not tcp://HOST:PORT or ipc://PATH")
+    host, colon, port = endpoint[len("tcp://") :].rpartition(":")
+    if not (host and colon) or not (
+        port == "*" or (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)
+    ):
+        raise ValueError(f"{ascii(endpoint)}: the port must be 1-65535 or *")
 
 
 def _device(value: object) -> str:
@@ -65,10 +107,19 @@ def _device(value: object) -> str:
     return _string(value)
 
 
+EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def _time(value: object) -> datetime:
+    """A stream start from which event times can still be counted: datetime ends at year 9999,
+    and a start near it overflows at the first event, after it was detected."""
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return parse_time(_string(value))
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    else:
+        value = parse_time(_string(value))
+    if not EARLIEST <= value < LATEST:
+        raise ValueError(f"{value.isoformat()} is outside 1900-01-01 to 9000-01-01")
+    return value
 
 
 def _mqtt_url(value: object) -> str:
@@ -109,10 +160,10 @@ class FiniteFloatRange(click.FloatRange):
     are false), and a nan threshold would never fire while a nan hop crashes."""
 
     def convert(self, value: object, param: object, ctx: object) -> float:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):  # before the range: inf is out of range for another reason
             self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
+        return super().convert(number, param, ctx)
 
 
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -148,12 +199,13 @@ class Option:
 
 
 _hostname = field(default_factory=socket.gethostname)
+MAX_THREADS = 64  # onnxruntime makes every thread at start: 1000 of them never finish starting
 OPTIONS: tuple[Option, ...] = (
     Option("replay", None, _path_or_none, "Replay an AIFF/WAV/FLAC recording (any sample rate) "
            "instead of a device.", click_type=FILE),
     Option("device", None, _device, "Sound card: index, name, or ALSA card such as hw:1.",
            toml=(str, int)),
-    Option("channel", 0, Number(int, 0), "Input channel, from 0.", "0", int),
+    Option("channel", 0, Number(int, 0, 255), "Input channel, from 0.", "0", int),
     Option("realtime", False, _bool, "Pace a replay at 1x like a live device, instead of as fast "
            "as possible.", "off", bool, flag=True),
     Option("hop", DEFAULT_HOP_SECONDS, Number(float, 0, WINDOW_SECONDS, lo_open=True),
@@ -166,20 +218,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", None, _path_or_none, "ONNX model.", "shipped model", click_type=FILE),
     Option("provider", "auto", _choice("auto", "cpu", "cuda"), "onnxruntime execution provider.",
            "auto", click_type=click.Choice(["auto", "cpu", "cuda"])),
-    Option("threads", 1, Number(int, 0), "Model threads, 0 = all cores.", "1", int),
-    Option("batch", 64, Number(int, 1), "Windows per model call.", "64", int),
-    Option("station", _hostname, _string, "Station name in events.", "host name"),
+    Option("threads", 1, Number(int, 0, MAX_THREADS), "Model threads, 0 = all cores.", "1", int),
+    Option("batch", 64, Number(int, 1, 4096), "Windows per model call.", "64", int),
+    Option("station", _hostname, _name, "Station name in events.", "host name"),
     Option("start_time", None, _time, "UTC time of a replay's first sample (ISO-8601)."),
     Option("publish", (DEFAULT_ENDPOINT,), _endpoints, "ZeroMQ endpoint to bind; repeatable.",
            f"`{DEFAULT_ENDPOINT}`", list, multiple=True, output="detector.zmq_output"),
-    Option("heartbeat", 10.0, Number(float, 0, lo_open=True), "Seconds between status messages.",
-           "10", float),
-    Option("events_log", Path("whale-listen-events.jsonl"), lambda v: Path(_string(v)),
+    Option("heartbeat", 10.0, Number(float, 0, 86400, lo_open=True),
+           "Seconds between status messages.", "10", float),
+    Option("events_log", Path("whale-listen-events.jsonl"), _path,
            "Durable JSON-lines log of every event.", "`whale-listen-events.jsonl`",
            click_type=FILE),
-    Option("wait_subscribers", 0, Number(int, 0), "Replay: wait for this many subscribers "
+    Option("wait_subscribers", 0, Number(int, 0, 10000), "Replay: wait for this many subscribers "
            "before starting.", "0", int),
-    Option("linger", 2.0, Number(float, 0), "Seconds to deliver the last events before exit.",
+    Option("linger", 2.0, Number(float, 0, 3600), "Seconds to deliver the last events before exit.",
            "2", float),
     Option("mqtt", None, _mqtt_url, "Also publish to an MQTT broker: mqtt[s]://host[:port]/topic "
            "(events at QoS 1, retained online/offline state).", "off", output="detector.mqtt"),
@@ -196,11 +248,11 @@ OPTIONS: tuple[Option, ...] = (
            "(PNG) in this directory.", "off", click_type=DIRECTORY, output="detector.clip_output"),
     Option("min_free_mb", 100.0, Number(float, 0), "Skip clips when the disk has less free space "
            "than this (MiB).", "100", float),
-    Option("stall_timeout", 10.0, Number(float, 0, lo_open=True), "Device: seconds without audio "
-           "before the card counts as down.", "10", float),
-    Option("retry_max", 30.0, Number(float, 0, lo_open=True), "Device: longest wait (s) between "
-           "attempts to reopen a lost card.", "30", float),
-    Option("blocksize", 0, Number(int, 0), "Device: frames per PortAudio callback, 0 = "
+    Option("stall_timeout", 10.0, Number(float, 0, 3600, lo_open=True), "Device: seconds "
+           "without audio before the card counts as down.", "10", float),
+    Option("retry_max", 30.0, Number(float, 0, 86400, lo_open=True), "Device: longest wait (s) "
+           "between attempts to reopen a lost card.", "30", float),
+    Option("blocksize", 0, Number(int, 0, 65536), "Device: frames per PortAudio callback, 0 = "
            "PortAudio's choice.", "0", int),
 )  # fmt: skip
 
@@ -235,21 +287,24 @@ def window_hop_samples(seconds: float) -> int:
 
 
 def load_config(path: Path) -> dict:
-    """Validated settings from a TOML file, as a dict of the keys it sets."""
+    """Validated settings from a TOML file, as a dict of the keys it sets; any problem is a
+    ConfigError (exit 78): restarting the service cannot fix the file."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise WhaleError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise WhaleError(f"cannot read config {path}: {e}") from None
+        raise ConfigError(f"cannot read config {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
-        raise WhaleError(f"config {path} is not valid TOML: {e}") from None
+        raise ConfigError(f"config {path} is not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or table
+        raise ConfigError(f"config {path} is not valid TOML: nested too deeply") from None
     values = {}
     for key, value in raw.items():
         if key not in CHECKS:
-            raise WhaleError(f"config {path}: unknown key {key!r}")
+            raise ConfigError(f"config {path}: unknown key {ascii(key)}")
         try:
             values[key] = CHECKS[key](value)
         except ValueError as e:
-            raise WhaleError(f"config {path}: bad value for {key!r}: {e}") from None
+            raise ConfigError(f"config {path}: bad value for {key!r}: {e}") from None
     return values

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
-from detector.errors import WhaleError
+from detector.errors import UsageError
 from detector.journal import say
 from detector.ring import RingBuffer
 from detector.settings import Settings
@@ -49,7 +49,7 @@ class Input:
 def open_input(settings: Settings) -> Input | None:
     """The source the settings name; None (after a note) for a file shorter than one window."""
     if (settings.replay is None) == (settings.device is None):
-        raise WhaleError("give exactly one of --replay FILE or --device NAME (see --help)")
+        raise UsageError("give exactly one of --replay FILE or --device NAME (see --help)")
     if settings.replay is not None:
         return _open_replay(settings)
     return _open_device(settings)

@@ -1,7 +1,11 @@
 """The ZeroMQ output: every event as `[b"upcall", json]`, every heartbeat as `[b"status", json]`."""
 
+import os
+import socket
+import stat
 from collections.abc import Callable
 
+from detector.errors import WhaleError
 from detector.journal import say
 from detector.outputs import Output
 from detector.publish import Publisher
@@ -46,5 +50,28 @@ class ZmqOutput(Output):
         return f"publishing on {', '.join(self.publisher.endpoints)}"
 
 
+def refuse_live_ipc(endpoint: str) -> None:
+    """libzmq binds an `ipc://` path by unlinking whatever socket is there, so a second daemon
+    would silently steal a live one's subscribers; refuse a path a live process still listens
+    on, as TCP refuses a port in use (a stale socket file, refusing connections, is reused)."""
+    path = endpoint.removeprefix("ipc://")
+    if not endpoint.startswith("ipc://") or path.startswith("@"):  # abstract: the kernel refuses
+        return
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return  # absent, or not a socket: libzmq's own bind says why
+    except OSError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return  # nobody listens: a stale file from a daemon that died
+    raise WhaleError(f"cannot bind {endpoint}: Address already in use (a live process is on it)")
+
+
 def open_output(settings: Settings) -> ZmqOutput:
+    for endpoint in settings.publish:
+        refuse_live_ipc(endpoint)
     return ZmqOutput(Publisher(list(settings.publish)), settings.linger, settings.wait_subscribers)

@@ -31,6 +31,7 @@ from click.testing import CliRunner
 from scipy.signal import resample_poly
 
 from detector import cli
+from detector.errors import EX_CONFIG, EX_USAGE
 from detector.eventlog import read_events
 from detector.model import card_path, sha256_file
 from detector.records import EVENT_FIELDS, STATUS_FIELDS
@@ -626,7 +627,7 @@ def test_model_outside_the_contract_is_refused_at_start_up(tmp_path, kind):
     model = _off_contract_model(tmp_path / "mine.onnx", kind)
     recording = _stereo(tmp_path / "s.wav")
     result = invoke(*replay_args(recording, model, tmp_path / "e.jsonl", "--threshold", "0.5"))
-    assert result.exit_code == 2
+    assert result.exit_code == EX_CONFIG  # restarting cannot fix a model
     assert_one_error(result.stderr, "mine.onnx", "probability")
 
 
@@ -664,7 +665,7 @@ def test_model_file_that_is_not_the_one_its_card_describes_is_refused(
 
 def test_subscribe_with_an_unknown_topic_is_one_line():
     result = invoke("subscribe", "tcp://127.0.0.1:5556", "--topic", "upcalls", "--timeout", "0.1")
-    assert result.exit_code == 2
+    assert result.exit_code == EX_USAGE
     assert "'upcalls' is not one of 'upcall', 'status'" in result.stderr
     assert "Traceback" not in result.stderr
 

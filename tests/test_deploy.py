@@ -284,3 +284,41 @@ def test_install_rejects_unknown_options(tmp_path):
     result = subprocess.run(["sh", str(INSTALL), "--bogus"], capture_output=True, text=True)
     assert result.returncode == 2 and "usage" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def _offline_security_problem() -> str | None:
+    """Why `systemd-analyze security --offline=yes` cannot score the unit here, or None."""
+    if shutil.which("systemd-analyze") is None:
+        return "systemd-analyze not installed"
+    probe = subprocess.run(
+        ["systemd-analyze", "security", "--help"], capture_output=True, text=True, timeout=60
+    )
+    if "--offline" not in probe.stdout:
+        return "this systemd-analyze has no --offline (systemd 250 or later has)"
+    return None
+
+
+def test_unit_exposure_is_at_most_2(tmp_path):
+    """Issue 14: 4.1 before (no SystemCallFilter, ProtectClock, ProtectKernelLogs, ...)."""
+    problem = _offline_security_problem()
+    if problem:
+        pytest.skip(problem)
+    copy = tmp_path / "whale-listen.service"
+    copy.write_text(UNIT.read_text().replace("/usr/local/bin/whale-listen", shutil.which("true")))
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(copy)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0, result.stdout
+
+
+def test_unit_keeps_what_audio_and_sockets_need_and_stops_on_bad_config():
+    settings = _unit_settings()
+    assert set(settings["RestartPreventExitStatus"].split()) == {"64", "78"}
+    assert settings["UMask"] == "0027"
+    assert settings["SupplementaryGroups"] == "audio" and settings["DeviceAllow"] == "char-alsa rw"
+    assert settings.get("PrivateDevices") == "no" and "PrivateUsers" not in settings
+    assert "PrivateNetwork" not in settings and "IPAddressDeny" not in settings
+    assert settings["MemoryDenyWriteExecute"] == "no"

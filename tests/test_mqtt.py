@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from detector.errors import EX_USAGE
 from detector.eventlog import read_events
 from detector.mqtt import MqttOutput, parse_url
 from tests.test_cli import invoke, replay_args, write_call_train
@@ -202,11 +203,11 @@ def test_username_and_password_from_a_file(tmp_path, tiny_model):
 @pytest.mark.parametrize(
     "url", ["http://h/t", "mqtt://h", "mqtt:///t", "mqtt://h/a/+", "mqtt://h:99999/t"]
 )
-def test_bad_url_is_one_line_and_exit_2(tmp_path, tiny_model, url):
+def test_bad_url_is_one_line_and_ex_usage(tmp_path, tiny_model, url):
     with pytest.raises(ValueError):
         parse_url(url)
     recording = tmp_path / "calls_20090328_001500.wav"
     write_call_train(recording, seconds=5)
     result = invoke(*replay_args(recording, tiny_model, tmp_path / "ev.jsonl"), "--mqtt", url)
-    assert result.exit_code == 2
+    assert result.exit_code == EX_USAGE
     assert result.stderr.count("\n") == 1 and "--mqtt" in result.stderr, result.stderr

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from detector.errors import EX_CONFIG
 from detector.model import DEFAULT_MODEL, card_path, load_card
 from detector.presets import choose_threshold
 from tests.test_cli import assert_one_error, invoke, replay_args, write_call_train
@@ -114,12 +115,12 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_a_bad_preset_is_one_line_naming_the_card_and_exit_2(tmp_path, model_with, case):
+def test_a_bad_preset_is_one_line_naming_the_card_and_ex_config(tmp_path, model_with, case):
     model = model_with(lambda card: with_presets(card, {**PRESETS, "strict": BAD[case]}))
     recording = tmp_path / "calls_20090328_001500.wav"
     write_call_train(recording, seconds=8)
     result = invoke(*replay_args(recording, model, tmp_path / "ev.jsonl"))
-    assert result.exit_code == 2
+    assert result.exit_code == EX_CONFIG
     assert_one_error(result.stderr, str(card_path(model)), "'strict'")
 
 
@@ -132,5 +133,5 @@ def test_a_card_with_neither_presets_nor_threshold_needs_threshold(tmp_path, mod
     recording = tmp_path / "calls_20090328_001500.wav"
     write_call_train(recording, seconds=8)
     result = invoke(*replay_args(recording, model, tmp_path / "ev.jsonl"))
-    assert result.exit_code == 2
+    assert result.exit_code == EX_CONFIG
     assert_one_error(result.stderr, "no threshold", "--threshold")

@@ -25,4 +25,4 @@ def test_ci_runs_the_readme_test_command_verbatim_and_fails_on_errors():
     lines = ci.splitlines()
     assert _commands()[1] in lines
     assert "set -euo pipefail" in lines  # a failing or empty (exit 5) pytest fails CI
-    assert lines.index(_commands()[1]) < lines.index(".venv/bin/ruff check .")
+    assert lines.index('"$lint/bin/ruff" check .') < lines.index(_commands()[1])  # lint first
