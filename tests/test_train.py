@@ -216,3 +216,22 @@ def test_ensemble_members_are_seeded_runs_and_export_averages_their_logits(tmp_p
     np.testing.assert_allclose(onnx_model.score(x.numpy()), expected, atol=1e-4)
     assert card["architecture"]["members"] == 2
     assert card["architecture"]["parameters"] == 2 * count_parameters(members[0])
+
+
+def test_pcen_keeps_a_steady_level_steady_and_a_faint_call_as_visible_as_a_loud_one():
+    """The smoother's weights sum to one (a steady band maps to one value), and dividing by the
+    band's own level makes the image nearly independent of gain: what decides is the shape."""
+    fe = FrontEnd(FrontEndConfig(normalisation="pcen"))
+    steady = torch.log(torch.full((1, fe.cfg.n_mels, fe.cfg.n_frames), 1e-6))
+    image = fe.normalise(steady)
+    assert image.shape == (1, 1, fe.cfg.n_mels, fe.cfg.n_frames)
+    torch.testing.assert_close(image, torch.full_like(image, float(image[0, 0, 0, 0])))
+    rng = np.random.default_rng(3)
+    call = synth.upcall(rng)
+    window = synth.noise(rng, WINDOW_SAMPLES)
+    window[1000 : 1000 + len(call)] += 3 * call
+    loud, faint = (torch.from_numpy((g * window)[None].astype(np.float32)) for g in (0.5, 0.005))
+    a, b = fe(loud), fe(faint)
+    assert float((a - b).abs().max()) < 0.2 * float(a.abs().max())  # 40 dB apart: within 20 %
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        FrontEnd(FrontEndConfig(normalisation="median"))
