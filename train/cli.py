@@ -22,6 +22,39 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+# Options shared by train, crossval and adapt: one declaration, one help text.
+CHANNEL_OPTION = click.option(
+    "--channel",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Input channel of multi-channel recordings (0 = first).",
+)
+BATCH_SIZE_OPTION = click.option(
+    "--batch-size",
+    type=click.IntRange(2),
+    default=96,
+    show_default=True,
+    help="2-s windows per training step (half calls, half not).",
+)
+REMIX_SCALE_OPTION = click.option(
+    "--remix-scale",
+    type=(float, float),
+    default=(0.2, 1.5),
+    show_default=True,
+    help="Recipe: other background mixed under a real call at this range times the call "
+    "window's level.",
+)
+NORMALISATION_OPTION = click.option(
+    "--normalisation",
+    type=click.Choice(["contrast", "pcen"]),
+    default="contrast",
+    show_default=True,
+    help="Recipe: per-window normalisation of the log-mel image (band and frame means removed, "
+    "or per-channel energy normalisation).",
+)
+
+
 class Datasets:
     """Everything --data named, split into training and held-out parts by recording."""
 
@@ -117,13 +150,7 @@ def main() -> None:
     show_default=True,
     help="Training steps (optimizer updates, one batch each); 3600 take about 10 min on 2 cores.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(2),
-    default=96,
-    show_default=True,
-    help="2-s windows per training step.",
-)
+@BATCH_SIZE_OPTION
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Random seed (weights and sampling)."
 )
@@ -134,13 +161,7 @@ def main() -> None:
     show_default=True,
     help="Where torch trains: auto takes CUDA when torch has it.",
 )
-@click.option(
-    "--channel",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="Input channel of multi-channel recordings (0 = first).",
-)
+@CHANNEL_OPTION
 @click.option(
     "--threshold",
     type=FiniteFloatRange(0, 1),
@@ -153,22 +174,8 @@ def main() -> None:
     default=None,
     help="Copy held-out metrics from this model card into the new card.",
 )
-@click.option(
-    "--remix-scale",
-    type=(float, float),
-    default=(0.2, 1.5),
-    show_default=True,
-    help="Recipe: other background mixed under a real call at this range times the call "
-    "window's level (as in crossval).",
-)
-@click.option(
-    "--normalisation",
-    type=click.Choice(["contrast", "pcen"]),
-    default="contrast",
-    show_default=True,
-    help="Recipe: per-window normalisation of the log-mel image (band and frame means removed, "
-    "or per-channel energy normalisation).",
-)
+@REMIX_SCALE_OPTION
+@NORMALISATION_OPTION
 @click.option(
     "--operating-points",
     type=click.Path(exists=True, path_type=Path),
@@ -489,13 +496,7 @@ def mean_logit_scorer(model_paths: list[Path]) -> Callable[[np.ndarray], np.ndar
     help="Evaluate on this recording file name only (repeatable; default: every recording), "
     "e.g. a validation split's files out of the full annotation table.",
 )
-@click.option(
-    "--channel",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="Input channel of multi-channel recordings (0 = first).",
-)
+@CHANNEL_OPTION
 def evaluate_cmd(model_paths, data_paths, out, only, channel) -> None:
     """Evaluate a model and the baseline on recordings (all of them held out)."""
     try:
@@ -589,13 +590,7 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     show_default=True,
     help="Training steps per model (batches of --batch-size windows).",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(2),
-    default=96,
-    show_default=True,
-    help="Windows per training step (half calls, half not).",
-)
+@BATCH_SIZE_OPTION
 @click.option(
     "--jobs",
     type=click.IntRange(1, 64),
@@ -603,21 +598,8 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     show_default=True,
     help="Models trained at once (processes of one thread each; use the core count).",
 )
-@click.option(
-    "--remix-scale",
-    type=(float, float),
-    default=(0.2, 1.5),
-    show_default=True,
-    help="Recipe: other background mixed under a real call at this range times the "
-    "call window's level.",
-)
-@click.option(
-    "--normalisation",
-    type=click.Choice(["contrast", "pcen"]),
-    default="contrast",
-    show_default=True,
-    help="Recipe: per-window normalisation of the log-mel image (as whale-train train).",
-)
+@REMIX_SCALE_OPTION
+@NORMALISATION_OPTION
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -625,13 +607,7 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     show_default=True,
     help="Folder for the fold models, crossval.json and report.md.",
 )
-@click.option(
-    "--channel",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="Input channel of multi-channel recordings (0 = first).",
-)
+@CHANNEL_OPTION
 def crossval_cmd(
     data_paths,
     review,
@@ -731,13 +707,7 @@ def crossval_cmd(
     required=True,
     help="Folder for the adapted model, its streaming halves and card.",
 )
-@click.option(
-    "--channel",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="Input channel of multi-channel recordings (0 = first).",
-)
+@CHANNEL_OPTION
 def adapt_cmd(model_path, site_paths, data_paths, holdout, steps, seed, out, channel) -> None:
     """Fine-tune a model to a new site's noise (no labels needed) and re-choose its presets'
     thresholds so their false-alarm rates hold there."""
