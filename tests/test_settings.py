@@ -212,6 +212,34 @@ def test_example_config_matches_settings():
     assert not missing, f"settings absent from {EXAMPLE.name}: {missing}"
 
 
+# what a buoy's config sets on purpose, away from the command line's defaults
+DEPLOYMENT_CHOICES = {"device", "events_log", "clips"}
+
+
+def test_example_config_is_in_step_with_the_defaults(tmp_path):
+    """A key the example sets, or shows commented out, holds the default (a commented-out key
+    with no default is an example value), except the buoy's own choices: a copied example must
+    not quietly change what the daemon does (`threads = 0` took every core against a default
+    of one)."""
+    from detector.settings import OPTIONS
+
+    text = EXAMPLE.read_text()
+    defaults = Settings()
+    uncommented = "\n".join(re.sub(r"^# (\w+ =)", r"\1", line) for line in text.splitlines())
+    shown = load_config(write(tmp_path, uncommented))
+    set_keys = set(load_config(EXAMPLE))
+    for option in OPTIONS:
+        if option.name in DEPLOYMENT_CHOICES or option.default is None:
+            continue
+        if option.name == "station":
+            continue  # its default is the host name
+        assert shown[option.name] == getattr(defaults, option.name), (
+            option.name,
+            "set" if option.name in set_keys else "commented out",
+        )
+    assert "python -m sounddevice" not in text and "whale-listen --list-devices" in text
+
+
 NOT_SETTING_ROWS = {"--list-devices", "--config"}
 
 
