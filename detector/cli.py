@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 
 def _stopped_while_starting(signum: int, frame: object) -> None:
@@ -193,12 +194,12 @@ def run(settings: Settings) -> int:
     previous_umask = os.umask(0o027)  # events and clips: 0640, folders 0750, at most
     os.umask(previous_umask | 0o027)
     try:
-        return _run(settings)
+        return _run(settings, time.monotonic())
     finally:
         os.umask(previous_umask)  # an in-process caller gets its own back
 
 
-def _run(settings: Settings) -> int:
+def _run(settings: Settings, started: float) -> int:
     from detector.daemon import finish, listen, open_listener, summary
 
     opened = open_listener(settings)
@@ -207,7 +208,9 @@ def _run(settings: Settings) -> int:
     listener, source, outputs = opened
     error = listen(listener, source, outputs, settings)
     with _signals_ignored():  # already stopping: a second signal must not cut the summary
-        say(summary(listener))
+        paced_by = "--realtime" if settings.realtime else None
+        paced_by = "the card" if settings.replay is None else paced_by
+        say(summary(listener, time.monotonic() - started, paced_by))
         return finish(listener.log, error, settings)
 
 

@@ -23,6 +23,7 @@ from detector.model import card_path, load_model
 from detector.outputs import Output, build_outputs, close_all
 from detector.pipeline import Listener
 from detector.presets import choose_threshold
+from detector.rates import speed
 from detector.settings import Settings, window_hop_samples
 from detector.source import STOP_WAIT_S, Input, open_input
 
@@ -134,14 +135,19 @@ def _close_log(log: EventLog) -> None:
     sys.stdout.flush()
 
 
-def summary(listener: Listener) -> str:
+def summary(listener: Listener, wall_s: float, paced_by: str | None = None) -> str:
+    """The last line: audio done, the wall clock's speed (from the run's start: start-up,
+    decoding and resampling included) with the scoring loop's own beside it, events, drops.
+    `paced_by` names what held the run to 1x (`--realtime`, the card), said beside the figure."""
     c = listener.counters
     audio_s = c.samples_in / SAMPLE_RATE
-    speed = f"{audio_s / c.processing_s:.0f}x real time" if c.processing_s else "-"
+    loop = f"scoring loop {speed(audio_s, c.processing_s)}"
+    how = f"paced at 1x by {paced_by}; {loop}" if paced_by else loop
     dropped = listener.dropped if listener.source else 0
     return (
-        f"done: {audio_s:.1f} s of audio, {speed}, {listener.seq} event(s), "
-        f"{dropped} dropped sample(s)"
+        f"done: {audio_s:.1f} s of audio in {wall_s:.{2 if wall_s < 10 else 1}f} s, "
+        f"{speed(audio_s, wall_s)} real time "
+        f"({how}), {listener.seq} event(s), {dropped} dropped sample(s)"
     )
 
 
