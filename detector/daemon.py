@@ -23,7 +23,9 @@ from detector.model import card_path, load_model
 from detector.outputs import Output, build_outputs, close_all
 from detector.pipeline import Listener
 from detector.presets import choose_threshold
+from detector.progress import Progress, open_progress
 from detector.rates import speed
+from detector.service import SystemdOutput
 from detector.settings import Settings, window_hop_samples
 from detector.source import STOP_WAIT_S, Input, open_input
 
@@ -45,6 +47,7 @@ def open_listener(settings: Settings) -> tuple[Listener, Input, list[Output]] | 
     except BaseException:
         log.close()
         raise
+    outputs.append(_progress(settings, opened, outputs))
     listener = Listener(
         model, threshold, window_hop, log, outputs, settings.station, batch=settings.batch,
         heartbeat_s=settings.heartbeat, stall_s=settings.stall_timeout,
@@ -59,6 +62,17 @@ def open_listener(settings: Settings) -> tuple[Listener, Input, list[Output]] | 
         f"log {settings.events_log}",
     ]
     return listener, opened, outputs
+
+
+def _progress(settings: Settings, opened: Input, outputs: list[Output]) -> Progress:
+    """The run's progress, on the terminal (unless --quiet) and in systemd's STATUS."""
+    info = getattr(opened.source, "info", None)  # a replay knows its length: an ETA
+    total_s = info.duration_s if opened.reopen is None and info is not None else None
+    progress = open_progress(total_s, settings.quiet)
+    for output in outputs:
+        if isinstance(output, SystemdOutput):
+            output.follow(progress)
+    return progress
 
 
 def _refuse_pipe(path: object) -> None:

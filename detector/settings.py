@@ -209,6 +209,9 @@ OPTIONS: tuple[Option, ...] = (
            "(index, from 0).", "0", int, metavar="N"),
     Option("realtime", False, _bool, "Pace a replay at 1x like a live device, instead of as fast "
            "as possible.", "off", bool, flag=True),
+    Option("quiet", False, _bool, "No progress line on a terminal (audio done, x real time, "
+           "events, a replay's ETA); systemd's STATUS carries the figures either way.", "off",
+           bool, flag=True),
     Option("hop", DEFAULT_HOP_SECONDS, Number(float, 0, WINDOW_SECONDS, lo_open=True),
            "Window hop: seconds between the starts of 2-s windows (0 < S <= 2).",
            str(DEFAULT_HOP_SECONDS), float, metavar="SECONDS"),

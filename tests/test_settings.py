@@ -40,6 +40,7 @@ def test_config_values_apply(tmp_path):
         device = 3
         channel = 1
         realtime = true
+        quiet = true
         hop = 0.25
         sensitivity = "strict"
         threshold = 0.8
@@ -69,7 +70,7 @@ def test_config_values_apply(tmp_path):
     values = load_config(path)
     assert set(values) == KEYS - {"replay"}
     s = Settings().with_overrides(**values)
-    assert s.device == "3" and s.channel == 1 and s.realtime is True
+    assert s.device == "3" and s.channel == 1 and s.realtime is True and s.quiet is True
     assert s.sensitivity == "strict"
     assert s.hop == 0.25 and s.threshold == 0.8 and s.model == Path("/opt/models/upcall.onnx")
     assert s.provider == "cpu" and s.threads == 2 and s.batch == 16
