@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 
 def _stopped_while_starting(signum: int, frame: object) -> None:
@@ -76,6 +77,18 @@ class OneLineErrors(click.Group):
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each subcommand with its whole first sentence: click's default cuts it to the
+        terminal's width ("Print what a whale-listen publisher...")."""
+        rows = [
+            (name, command.get_short_help_str(limit=1000))
+            for name, command in sorted(self.commands.items())
+            if not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 def gather_settings(ctx: click.Context, config: Path | None) -> Settings:
     """Defaults < config file < command line (only options the user actually typed)."""
@@ -115,27 +128,50 @@ def setting_options(command: Callable) -> Callable:
             type=option.param_type(),
             multiple=option.multiple,
             default=None,
+            metavar=option.metavar,
             help=help_text,
         )(command)
     return command
 
 
+EXAMPLES = """
+\b
+Examples:
+  whale-listen --list-devices                      # find the hydrophone's card
+  whale-listen --device hw:1 --clips clips/        # live, ALSA card 1, with review clips
+  whale-listen --replay NOPP6_EST_20090328_001500.wav --events-log events.jsonl
+  whale-listen --replay recording.aiff --realtime  # paced at 1x, like a card
+  whale-listen --config /etc/whale-listen/config.toml
+  whale-listen subscribe tcp://127.0.0.1:5556      # print what a listener publishes
+  whale-listen export-raven events.jsonl           # a Raven Pro selection table
+"""
+
+# -h as well as --help, on the group and (inherited) on every subcommand
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
 @click.group(
     cls=OneLineErrors,
     invoke_without_command=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings=CONTEXT,
+    epilog=EXAMPLES,
 )
-@click.option("--list-devices", is_flag=True, help="List input devices and exit.")
+@click.option("--list-devices", is_flag=True, help="List input devices (index, name, channels, "
+              "sample rates) and exit.")  # fmt: skip
 @setting_options
 @click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config file; the command line overrides it.",
+    help="TOML config file (keys as in deploy/config.example.toml); the command line overrides it.",
 )
-@click.version_option(__version__, prog_name="whale-listen")
+@click.version_option(__version__, "--version", prog_name="whale-listen")
 @click.pass_context
 def main(ctx: click.Context, list_devices: bool, config: Path | None, **_: object) -> None:
-    """Listen for North Atlantic right whale up-calls and publish them on ZeroMQ."""
+    """Listen for North Atlantic right whale up-calls and publish them on ZeroMQ.
+
+    Give a sound card (--device) or a recording (--replay); every option also has a key in the
+    TOML config file (--events-log is events_log). Times are in seconds unless said.
+    """
     if ctx.invoked_subcommand is not None:
         return
     configure()
@@ -158,12 +194,12 @@ def run(settings: Settings) -> int:
     previous_umask = os.umask(0o027)  # events and clips: 0640, folders 0750, at most
     os.umask(previous_umask | 0o027)
     try:
-        return _run(settings)
+        return _run(settings, time.monotonic())
     finally:
         os.umask(previous_umask)  # an in-process caller gets its own back
 
 
-def _run(settings: Settings) -> int:
+def _run(settings: Settings, started: float) -> int:
     from detector.daemon import finish, listen, open_listener, summary
 
     opened = open_listener(settings)
@@ -172,7 +208,9 @@ def _run(settings: Settings) -> int:
     listener, source, outputs = opened
     error = listen(listener, source, outputs, settings)
     with _signals_ignored():  # already stopping: a second signal must not cut the summary
-        say(summary(listener))
+        paced_by = "--realtime" if settings.realtime else None
+        paced_by = "the card" if settings.replay is None else paced_by
+        say(summary(listener, time.monotonic() - started, paced_by))
         return finish(listener.log, error, settings)
 
 

@@ -23,6 +23,9 @@ from detector.model import card_path, load_model
 from detector.outputs import Output, build_outputs, close_all
 from detector.pipeline import Listener
 from detector.presets import choose_threshold
+from detector.progress import Progress, open_progress
+from detector.rates import speed
+from detector.service import SystemdOutput
 from detector.settings import Settings, window_hop_samples
 from detector.source import STOP_WAIT_S, Input, open_input
 
@@ -44,6 +47,7 @@ def open_listener(settings: Settings) -> tuple[Listener, Input, list[Output]] | 
     except BaseException:
         log.close()
         raise
+    outputs.append(_progress(settings, opened, outputs))
     listener = Listener(
         model, threshold, window_hop, log, outputs, settings.station, batch=settings.batch,
         heartbeat_s=settings.heartbeat, stall_s=settings.stall_timeout,
@@ -58,6 +62,17 @@ def open_listener(settings: Settings) -> tuple[Listener, Input, list[Output]] | 
         f"log {settings.events_log}",
     ]
     return listener, opened, outputs
+
+
+def _progress(settings: Settings, opened: Input, outputs: list[Output]) -> Progress:
+    """The run's progress, on the terminal (unless --quiet) and in systemd's STATUS."""
+    info = getattr(opened.source, "info", None)  # a replay knows its length: an ETA
+    total_s = info.duration_s if opened.reopen is None and info is not None else None
+    progress = open_progress(total_s, settings.quiet)
+    for output in outputs:
+        if isinstance(output, SystemdOutput):
+            output.follow(progress)
+    return progress
 
 
 def _refuse_pipe(path: object) -> None:
@@ -134,14 +149,19 @@ def _close_log(log: EventLog) -> None:
     sys.stdout.flush()
 
 
-def summary(listener: Listener) -> str:
+def summary(listener: Listener, wall_s: float, paced_by: str | None = None) -> str:
+    """The last line: audio done, the wall clock's speed (from the run's start: start-up,
+    decoding and resampling included) with the scoring loop's own beside it, events, drops.
+    `paced_by` names what held the run to 1x (`--realtime`, the card), said beside the figure."""
     c = listener.counters
     audio_s = c.samples_in / SAMPLE_RATE
-    speed = f"{audio_s / c.processing_s:.0f}x real time" if c.processing_s else "-"
+    loop = f"scoring loop {speed(audio_s, c.processing_s)}"
+    how = f"paced at 1x by {paced_by}; {loop}" if paced_by else loop
     dropped = listener.dropped if listener.source else 0
     return (
-        f"done: {audio_s:.1f} s of audio, {speed}, {listener.seq} event(s), "
-        f"{dropped} dropped sample(s)"
+        f"done: {audio_s:.1f} s of audio in {wall_s:.{2 if wall_s < 10 else 1}f} s, "
+        f"{speed(audio_s, wall_s)} real time "
+        f"({how}), {listener.seq} event(s), {dropped} dropped sample(s)"
     )
 
 

@@ -2,7 +2,8 @@
 
 Under systemd (stderr connected to the journal, JOURNAL_STREAM) each line starts with its
 sd-daemon(3) priority, `<3>` for errors, so `journalctl -p err` finds them; on a terminal the
-lines stay plain. Modules log through `log`; `say` is the common informational line.
+lines stay plain. Modules log through `log`; `say` is the common informational line. A progress
+line on a terminal (`TERMINAL_LINE`) is cleared before each line and drawn again after it.
 Every line is escaped on the way out (`escape`): a file name holding a newline, an ANSI escape or
 bytes that are not UTF-8 cannot forge a journal line or repaint a terminal.
 """
@@ -11,6 +12,9 @@ import logging
 import os
 import re
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("whale-listen")
 
@@ -48,6 +52,51 @@ def escape(text: str) -> str:
     return _UNSAFE.sub(_escaped, text)
 
 
+class TerminalLine:
+    """The one transient line a terminal shows (the progress line), redrawn over itself with
+    `\r`. Every log line clears it first and draws it again after, so a log line never lands in
+    the middle of it; `clear()` ends it for good (before the summary)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.text: str | None = None  # what is on the screen now
+
+    def show(self, text: str) -> None:
+        with self.lock:
+            self.text = escape(text)
+            self._write(f"\r{self.text}\x1b[K")
+
+    def clear(self) -> None:
+        with self.lock:
+            if self.text is not None:
+                self.text = None
+                self._write("\r\x1b[K")
+
+    @contextmanager
+    def above(self) -> Iterator[None]:
+        """Write a whole line while the progress line is out of the way."""
+        with self.lock:
+            text = self.text
+            if text is not None:
+                self._write("\r\x1b[K")
+            try:
+                yield
+            finally:
+                if text is not None:
+                    self._write(f"\r{text}\x1b[K")
+
+    @staticmethod
+    def _write(chars: str) -> None:
+        try:
+            sys.stderr.write(chars)
+            sys.stderr.flush()
+        except Exception:  # a closed stderr must never stop detection
+            pass
+
+
+TERMINAL_LINE = TerminalLine()
+
+
 class StderrHandler(logging.Handler):
     """Writes to whatever sys.stderr is at the time (so embedding and test capture work)."""
 
@@ -59,11 +108,12 @@ class StderrHandler(logging.Handler):
         prefix = f"<{PRIORITIES.get(record.levelno, 6)}>" if self.priorities else ""
         error = "error: " if record.levelno >= logging.ERROR else ""
         try:
-            print(
-                f"{prefix}whale-listen: {error}{escape(record.getMessage())}",
-                file=sys.stderr,
-                flush=True,
-            )
+            with TERMINAL_LINE.above():
+                print(
+                    f"{prefix}whale-listen: {error}{escape(record.getMessage())}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         except Exception:  # a closed stderr must never stop detection
             self.handleError(record)
 

@@ -9,6 +9,7 @@ import math
 from detector.constants import SAMPLE_RATE
 from detector.notify import Notifier
 from detector.outputs import Output
+from detector.progress import Progress
 from detector.silence import WARN_AFTER_S
 
 
@@ -34,12 +35,18 @@ def status_line(status: dict) -> str:
 
 
 class SystemdOutput(Output):
-    """READY once everything is open, WATCHDOG from the loop, STATUS each heartbeat."""
+    """READY once everything is open, WATCHDOG from the loop, STATUS each heartbeat (with the
+    run's progress, when it follows one: a service has no terminal for the progress line)."""
 
     name = "systemd"
 
     def __init__(self, notifier: Notifier) -> None:
         self.notifier = notifier
+        self.progress: Progress | None = None  # a replay's figures, for the STATUS line
+
+    def follow(self, progress: "Progress") -> None:
+        """Carry the run's progress (x real time, a replay's percentage and ETA) in STATUS."""
+        self.progress = progress
 
     def on_start(self) -> None:
         self.notifier.ready()
@@ -48,7 +55,11 @@ class SystemdOutput(Output):
         self.notifier.watchdog()
 
     def on_status(self, status: dict) -> None:
-        self.notifier.status(status_line(status))
+        line = status_line(status)
+        figures = self.progress.status_figures() if self.progress is not None else None
+        if figures:
+            line += f"; replay {figures}"
+        self.notifier.status(line)
 
     def on_stop(self) -> None:
         self.notifier.stopping()

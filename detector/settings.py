@@ -202,58 +202,75 @@ _hostname = field(default_factory=socket.gethostname)
 MAX_THREADS = 64  # onnxruntime makes every thread at start: 1000 of them never finish starting
 OPTIONS: tuple[Option, ...] = (
     Option("replay", None, _path_or_none, "Replay an AIFF/WAV/FLAC recording (any sample rate) "
-           "instead of a device.", click_type=FILE),
+           "instead of a device.", click_type=FILE, metavar="FILE"),
     Option("device", None, _device, "Sound card: index, name, or ALSA card such as hw:1.",
-           toml=(str, int)),
-    Option("channel", 0, Number(int, 0, 255), "Input channel, from 0.", "0", int),
+           toml=(str, int), metavar="NAME|INDEX"),
+    Option("channel", 0, Number(int, 0, 255), "Input channel of a multi-channel file or card "
+           "(index, from 0).", "0", int, metavar="N"),
     Option("realtime", False, _bool, "Pace a replay at 1x like a live device, instead of as fast "
            "as possible.", "off", bool, flag=True),
+    Option("quiet", False, _bool, "No progress line on a terminal (audio done, x real time, "
+           "events, a replay's ETA); systemd's STATUS carries the figures either way.", "off",
+           bool, flag=True),
     Option("hop", DEFAULT_HOP_SECONDS, Number(float, 0, WINDOW_SECONDS, lo_open=True),
-           "Window hop: seconds between 2-s windows.", str(DEFAULT_HOP_SECONDS), float),
+           "Window hop: seconds between the starts of 2-s windows (0 < S <= 2).",
+           str(DEFAULT_HOP_SECONDS), float, metavar="SECONDS"),
     Option("sensitivity", "balanced", _choice(*SENSITIVITIES), "Operating point from the model "
            "card's presets: high (more calls, more false alarms), balanced or strict.",
            "balanced", click_type=click.Choice(SENSITIVITIES)),
-    Option("threshold", None, Number(float, 0, 1), "Event threshold on the up-call probability; "
-           "overrides --sensitivity.", "the preset's", float),
-    Option("model", None, _path_or_none, "ONNX model.", "shipped model", click_type=FILE),
+    Option("threshold", None, Number(float, 0, 1), "Event threshold on the up-call probability "
+           "(0-1); overrides --sensitivity.", "the preset's", float, metavar="P"),
+    Option("model", None, _path_or_none, "ONNX model file (NAME.onnx, its card NAME.json beside "
+           "it).", "shipped model", click_type=FILE, metavar="FILE"),
     Option("provider", "auto", _choice("auto", "cpu", "cuda"), "onnxruntime execution provider.",
            "auto", click_type=click.Choice(["auto", "cpu", "cuda"])),
-    Option("threads", 1, Number(int, 0, MAX_THREADS), "Model threads, 0 = all cores.", "1", int),
-    Option("batch", 64, Number(int, 1, 4096), "Windows per model call.", "64", int),
-    Option("station", _hostname, _name, "Station name in events.", "host name"),
-    Option("start_time", None, _time, "UTC time of a replay's first sample (ISO-8601)."),
-    Option("publish", (DEFAULT_ENDPOINT,), _endpoints, "ZeroMQ endpoint to bind; repeatable.",
-           f"`{DEFAULT_ENDPOINT}`", list, multiple=True, output="detector.zmq_output"),
+    Option("threads", 1, Number(int, 0, MAX_THREADS), "Model CPU threads (count, 0-64; 0 = all "
+           "cores).", "1", int, metavar="N"),
+    Option("batch", 64, Number(int, 1, 4096), "Windows (2 s each) per model call (count, "
+           "1-4096).", "64", int, metavar="N"),
+    Option("station", _hostname, _name, "Station name written into every event (text, at most "
+           "128 characters).", "host name", metavar="NAME"),
+    Option("start_time", None, _time, "Replay: UTC time of its first sample (ISO-8601, e.g. "
+           "2009-03-28T00:15:00Z).", metavar="ISO-8601"),
+    Option("publish", (DEFAULT_ENDPOINT,), _endpoints, "ZeroMQ endpoint to bind "
+           "(tcp://HOST:PORT or ipc://PATH); repeatable.",
+           f"`{DEFAULT_ENDPOINT}`", list, multiple=True,
+           output="detector.zmq_output", metavar="ENDPOINT"),
     Option("heartbeat", 10.0, Number(float, 0, 86400, lo_open=True),
-           "Seconds between status messages.", "10", float),
+           "Seconds between status messages (heartbeats).", "10", float, metavar="SECONDS"),
     Option("events_log", Path("whale-listen-events.jsonl"), _path,
-           "Durable JSON-lines log of every event.", "`whale-listen-events.jsonl`",
-           click_type=FILE),
+           "Durable JSON-lines log of every event (file, "
+           "appended and fsynced).", "`whale-listen-events.jsonl`",
+           click_type=FILE, metavar="FILE"),
     Option("wait_subscribers", 0, Number(int, 0, 10000), "Replay: wait for this many subscribers "
-           "before starting.", "0", int),
-    Option("linger", 2.0, Number(float, 0, 3600), "Seconds to deliver the last events before exit.",
-           "2", float),
+           "(count) before starting.", "0", int, metavar="N"),
+    Option("linger", 2.0, Number(float, 0, 3600), "Seconds to deliver the last events "
+           "before exit.",
+           "2", float, metavar="SECONDS"),
     Option("mqtt", None, _mqtt_url, "Also publish to an MQTT broker: mqtt[s]://host[:port]/topic "
-           "(events at QoS 1, retained online/offline state).", "off", output="detector.mqtt"),
+           "(events at QoS 1, retained online/offline state).", "off",
+           output="detector.mqtt", metavar="URL"),
     Option("mqtt_auth_file", None, _path_or_none, "MQTT user name (first line) and password "
-           "(second line).", click_type=FILE),
+           "(second line).", click_type=FILE, metavar="FILE"),
     Option("mqtt_ca_file", None, _path_or_none, "mqtts: CA certificates to trust.",
-           "system CAs", click_type=FILE),
+           "system CAs", click_type=FILE, metavar="FILE"),
     Option("metrics_port", None, Number(int, 1, 65535), "Serve Prometheus metrics of the status "
-           "counters on http://127.0.0.1:PORT/metrics.", "off", int, output="detector.metrics"),
+           "counters on http://127.0.0.1:PORT/metrics (TCP port, 1-65535).", "off", int,
+           output="detector.metrics", metavar="PORT"),
     Option("metrics_textfile", None, _path_or_none, "Write the same metrics to this file each "
            "heartbeat (atomically), for node_exporter's textfile collector.", "off",
-           click_type=FILE, output="detector.metrics_textfile"),
+           click_type=FILE, output="detector.metrics_textfile", metavar="FILE"),
     Option("clips", None, _path_or_none, "Save each event's audio (+- 1 s, FLAC) and spectrogram "
-           "(PNG) in this directory.", "off", click_type=DIRECTORY, output="detector.clip_output"),
+           "(PNG) in this directory.", "off",
+           click_type=DIRECTORY, output="detector.clip_output", metavar="DIR"),
     Option("min_free_mb", 100.0, Number(float, 0), "Skip clips when the disk has less free space "
-           "than this (MiB).", "100", float),
+           "than this (MiB).", "100", float, metavar="MIB"),
     Option("stall_timeout", 10.0, Number(float, 0, 3600, lo_open=True), "Device: seconds "
-           "without audio before the card counts as down.", "10", float),
-    Option("retry_max", 30.0, Number(float, 0, 86400, lo_open=True), "Device: longest wait (s) "
-           "between attempts to reopen a lost card.", "30", float),
-    Option("blocksize", 0, Number(int, 0, 65536), "Device: frames per PortAudio callback, 0 = "
-           "PortAudio's choice.", "0", int),
+           "without audio before the card counts as down.", "10", float, metavar="SECONDS"),
+    Option("retry_max", 30.0, Number(float, 0, 86400, lo_open=True), "Device: longest wait, in "
+           "seconds, between attempts to reopen a lost card.", "30", float, metavar="SECONDS"),
+    Option("blocksize", 0, Number(int, 0, 65536), "Device: frames (samples per channel) per "
+           "PortAudio callback, 0 = PortAudio's choice.", "0", int, metavar="FRAMES"),
 )  # fmt: skip
 
 

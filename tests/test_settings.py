@@ -40,6 +40,7 @@ def test_config_values_apply(tmp_path):
         device = 3
         channel = 1
         realtime = true
+        quiet = true
         hop = 0.25
         sensitivity = "strict"
         threshold = 0.8
@@ -69,7 +70,7 @@ def test_config_values_apply(tmp_path):
     values = load_config(path)
     assert set(values) == KEYS - {"replay"}
     s = Settings().with_overrides(**values)
-    assert s.device == "3" and s.channel == 1 and s.realtime is True
+    assert s.device == "3" and s.channel == 1 and s.realtime is True and s.quiet is True
     assert s.sensitivity == "strict"
     assert s.hop == 0.25 and s.threshold == 0.8 and s.model == Path("/opt/models/upcall.onnx")
     assert s.provider == "cpu" and s.threads == 2 and s.batch == 16
@@ -210,6 +211,34 @@ def test_example_config_matches_settings():
     text = EXAMPLE.read_text()
     missing = [k for k in KEYS if not re.search(rf"^[#\s]*{k}\s*=", text, re.MULTILINE)]
     assert not missing, f"settings absent from {EXAMPLE.name}: {missing}"
+
+
+# what a buoy's config sets on purpose, away from the command line's defaults
+DEPLOYMENT_CHOICES = {"device", "events_log", "clips"}
+
+
+def test_example_config_is_in_step_with_the_defaults(tmp_path):
+    """A key the example sets, or shows commented out, holds the default (a commented-out key
+    with no default is an example value), except the buoy's own choices: a copied example must
+    not quietly change what the daemon does (`threads = 0` took every core against a default
+    of one)."""
+    from detector.settings import OPTIONS
+
+    text = EXAMPLE.read_text()
+    defaults = Settings()
+    uncommented = "\n".join(re.sub(r"^# (\w+ =)", r"\1", line) for line in text.splitlines())
+    shown = load_config(write(tmp_path, uncommented))
+    set_keys = set(load_config(EXAMPLE))
+    for option in OPTIONS:
+        if option.name in DEPLOYMENT_CHOICES or option.default is None:
+            continue
+        if option.name == "station":
+            continue  # its default is the host name
+        assert shown[option.name] == getattr(defaults, option.name), (
+            option.name,
+            "set" if option.name in set_keys else "commented out",
+        )
+    assert "python -m sounddevice" not in text and "whale-listen --list-devices" in text
 
 
 NOT_SETTING_ROWS = {"--list-devices", "--config"}
