@@ -140,7 +140,7 @@ def summary(listener: Listener) -> str:
     speed = f"{audio_s / c.processing_s:.0f}x real time" if c.processing_s else "-"
     dropped = listener.dropped if listener.source else 0
     return (
-        f"done: {audio_s:.1f} s of audio, {speed}, {listener.seq} event(s), "
+        f"done: {audio_s:.1f} s of audio, {speed}, {listener.events} event(s), "
         f"{dropped} dropped sample(s)"
     )
 
