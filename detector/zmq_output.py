@@ -5,6 +5,7 @@ import socket
 import stat
 from collections.abc import Callable
 
+from detector.catchup import CatchupServer, resolve
 from detector.errors import WhaleError
 from detector.journal import say
 from detector.outputs import Output
@@ -20,11 +21,17 @@ class ZmqOutput(Output):
     name = "zeromq"
 
     def __init__(
-        self, publisher: Publisher, linger_s: float = 2.0, wait_subscribers: int = 0
+        self,
+        publisher: Publisher,
+        linger_s: float = 2.0,
+        wait_subscribers: int = 0,
+        catchup: CatchupServer | None = None,
     ) -> None:
         self.publisher = publisher
         self.linger_s = linger_s
         self.wait_subscribers = wait_subscribers
+        self.catchup = catchup  # serves the log to subscribers that missed events
+        self.last_seq = 0
 
     def prepare(self, stopped: Callable[[], bool]) -> None:
         if not self.wait_subscribers:
@@ -35,19 +42,28 @@ class ZmqOutput(Output):
         say(f"{got} subscriber(s) connected")
 
     def on_event(self, event: dict) -> None:
+        self.last_seq = event["seq"]
         self.publisher.send("upcall", event)
 
     def on_status(self, status: dict) -> None:
         self.publisher.send("status", status)
 
     def status_fields(self) -> dict:
-        return {"zmq_dropped": self.publisher.dropped}
+        fields: dict = {"zmq_dropped": self.publisher.dropped}
+        if self.catchup is not None:
+            fields["catchup"] = self.catchup.endpoint
+        return fields
 
     def close(self) -> None:
-        self.publisher.close(linger_ms=int(self.linger_s * 1000))
+        try:
+            self.publisher.close(linger_ms=int(self.linger_s * 1000))
+        finally:
+            if self.catchup is not None:
+                self.catchup.close()
 
     def describe(self) -> str:
-        return f"publishing on {', '.join(self.publisher.endpoints)}"
+        catchup = f", catch-up on {self.catchup.endpoint}" if self.catchup is not None else ""
+        return f"publishing on {', '.join(self.publisher.endpoints)}{catchup}"
 
 
 def refuse_live_ipc(endpoint: str) -> None:
@@ -74,4 +90,13 @@ def refuse_live_ipc(endpoint: str) -> None:
 def open_output(settings: Settings) -> ZmqOutput:
     for endpoint in settings.publish:
         refuse_live_ipc(endpoint)
-    return ZmqOutput(Publisher(list(settings.publish)), settings.linger, settings.wait_subscribers)
+    endpoint = resolve(settings.catchup, list(settings.publish))
+    if endpoint is not None:
+        refuse_live_ipc(endpoint)
+    publisher = Publisher(list(settings.publish))
+    try:
+        catchup = CatchupServer(endpoint, settings.events_log) if endpoint is not None else None
+    except BaseException:
+        publisher.close(linger_ms=0)
+        raise
+    return ZmqOutput(publisher, settings.linger, settings.wait_subscribers, catchup)

@@ -3,6 +3,11 @@ subscriber that joined late, read slowly, or saw a gap; all over real sockets on
 
 import json
 
+import pytest
+import zmq
+
+from detector.catchup import BATCH, CatchupServer, derive_endpoint, fetch, resolve
+from detector.errors import WhaleError
 from detector.eventlog import EventLog, read_events, read_log
 from detector.raven import export_raven
 
@@ -58,3 +63,97 @@ def test_a_listener_continues_from_the_log_and_writes_its_run_line(tmp_path):
     line = json.loads(log.path.read_text().splitlines()[-1])
     assert line["type"] == "run" and line["after_seq"] == 41 and line["run"] == listener.run_id
     log.close()
+
+
+# -- the catch-up endpoint -------------------------------------------------------------------------
+def _log_of_two_runs(path, first: int, second: int) -> list[dict]:
+    """A log as two daemon starts write it: run line, events, run line, events."""
+    events = []
+    with EventLog(path) as log:
+        seq = 0
+        for run, count in (("run-a", first), ("run-b", second)):
+            log.start_run({"type": "run", "run": run, "after_seq": seq})
+            for _ in range(count):
+                seq += 1
+                events.append({"type": "upcall", "seq": seq, "run": run, "pad": "x" * 300})
+                log.append(events[-1])
+    return events
+
+
+@pytest.fixture
+def dealer():
+    context = zmq.Context()
+    sockets = []
+
+    def connect(endpoint):
+        socket = context.socket(zmq.DEALER)
+        socket.connect(endpoint)
+        sockets.append(socket)
+        return socket
+
+    yield connect
+    for socket in sockets:
+        socket.close(linger=0)
+    context.term()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_catchup_serves_the_logged_events_after_a_seq_in_bounded_batches(
+    tmp_path, dealer, transport
+):
+    path = tmp_path / "ev.jsonl"
+    events = _log_of_two_runs(path, 150, 120)
+    endpoint = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/c.sock"
+    server = CatchupServer(endpoint, path)
+    try:
+        socket = dealer(server.endpoint)
+        reply = fetch(socket, 0, timeout_s=5)
+        assert reply["run"] == "run-b" and reply["run_after_seq"] == 150
+        assert reply["last_seq"] == 270 and reply["more"] is True
+        assert reply["events"] == events[:BATCH]
+        got, after = [], 0
+        while True:  # the client asks again, after the last one it got, until done
+            reply = fetch(socket, after, timeout_s=5)
+            got += reply["events"]
+            after = got[-1]["seq"] if got else after
+            if not reply["more"]:
+                break
+        assert got == events  # every event, in order, once
+        current = fetch(socket, None, timeout_s=5)  # null: the current run's events
+        assert current["events"] == events[150 : 150 + BATCH]
+        assert fetch(socket, 265, timeout_s=5)["events"] == events[265:]
+        assert fetch(socket, 270, timeout_s=5) == {**reply, "events": [], "more": False}
+        # an event appended while serving is there at the next request
+        with EventLog(path) as log:
+            log.append({"type": "upcall", "seq": 271, "run": "run-b"})
+        assert [e["seq"] for e in fetch(socket, 270, timeout_s=5)["events"]] == [271]
+        assert server.behind(271) == [1]  # a client's position: its last request's after_seq
+        fetch(socket, 271, timeout_s=5, limit=0)  # an ack: "I have everything up to 271"
+        assert server.behind(271) == [0]
+    finally:
+        server.close()
+
+
+def test_catchup_refuses_a_bad_request_and_a_taken_endpoint(tmp_path, dealer):
+    path = tmp_path / "ev.jsonl"
+    _log_of_two_runs(path, 1, 0)
+    server = CatchupServer("tcp://127.0.0.1:*", path)
+    try:
+        socket = dealer(server.endpoint)
+        for bad in (b"not json", b'{"after_seq": -1}', b'{"after_seq": "1"}', b"[1]"):
+            socket.send_multipart([b"", bad])
+            assert socket.poll(5000)
+            assert "error" in json.loads(socket.recv_multipart()[-1])
+        with pytest.raises(WhaleError, match="catch-up"):
+            CatchupServer(server.endpoint, path)
+    finally:
+        server.close()
+
+
+def test_catchup_endpoint_derives_from_the_publish_endpoint():
+    assert derive_endpoint("tcp://127.0.0.1:5556") == "tcp://127.0.0.1:5557"
+    assert derive_endpoint("tcp://127.0.0.1:*") == "tcp://127.0.0.1:*"
+    assert derive_endpoint("ipc:///run/w.sock") == "ipc:///run/w.sock.catchup"
+    assert resolve("off", ["tcp://h:1"]) is None and resolve("tcp://h:9", []) == "tcp://h:9"
+    with pytest.raises(WhaleError, match="--catchup"):
+        derive_endpoint("tcp://h:65535")
