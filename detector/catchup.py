@@ -31,6 +31,7 @@ from detector.errors import WhaleError
 from detector.records import EVENT_TYPE, RUN_TYPE, encode
 
 BATCH = 100  # events a reply carries at most
+READ_CHUNK = 1 << 22  # the log is indexed this many bytes at a time
 MAX_REQUEST_BYTES = 256
 POLL_MS = 100
 CLIENT_TTL_S = 30.0  # a client silent this long no longer counts as waiting at exit
@@ -70,18 +71,25 @@ class LogIndex:
         self.run_after_seq = 0
 
     def refresh(self) -> None:
+        """Index what was appended since the last call, READ_CHUNK bytes at a time."""
         try:
             with open(self.path, "rb") as file:
-                file.seek(self.offset)
-                data = file.read()
+                while True:
+                    file.seek(self.offset)
+                    data = file.read(READ_CHUNK)
+                    end = data.rfind(b"\n") + 1  # a line being written waits for its newline
+                    if end == 0:
+                        if len(data) == READ_CHUNK:  # one line longer than a chunk: not ours
+                            self.offset += len(data)
+                            continue
+                        return
+                    position = self.offset
+                    for line in data[:end].split(b"\n")[:-1]:
+                        self._add(line, position)
+                        position += len(line) + 1
+                    self.offset += end
         except OSError:
             return
-        end = data.rfind(b"\n") + 1  # a line being written (or torn) waits for its newline
-        position = self.offset
-        for line in data[:end].split(b"\n")[:-1]:
-            self._add(line, position)
-            position += len(line) + 1
-        self.offset += end
 
     def _add(self, line: bytes, position: int) -> None:
         try:
@@ -171,6 +179,7 @@ class CatchupServer:
             request = json.loads(payload)
             after = request.get("after_seq")
             limit = request.get("max", BATCH)
+            tag = request.get("id")
             if after is not None and (not isinstance(after, int) or after < 0):
                 raise ValueError
             if not isinstance(limit, int) or limit < 0:
@@ -184,7 +193,9 @@ class CatchupServer:
         with self._lock:
             self.requests += 1
             self.positions[client] = (start, time.monotonic())
+        reply = {} if tag is None else {"id": tag}
         return {
+            **reply,
             "run": index.run,
             "run_after_seq": index.run_after_seq,
             "last_seq": index.last_seq,

@@ -3,6 +3,7 @@
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable
 
 from detector.catchup import CatchupServer, resolve
@@ -55,8 +56,23 @@ class ZmqOutput(Output):
         return fields
 
     def close(self) -> None:
+        """Up to `linger_s`: wait for the catch-up clients to hold the last event (they fetch
+        what the publisher could not deliver), then give the queued messages what is left.
+        The exit line says how many events the clients still behind may have to fetch."""
+        deadline = time.monotonic() + self.linger_s
         try:
-            self.publisher.close(linger_ms=int(self.linger_s * 1000))
+            if self.catchup is not None:
+                while time.monotonic() < deadline and any(self.catchup.behind(self.last_seq)):
+                    time.sleep(0.05)
+                behind = [n for n in self.catchup.behind(self.last_seq) if n]
+                if behind:
+                    say(
+                        f"zeromq: {len(behind)} catch-up subscriber(s) still behind at exit: up "
+                        f"to {max(behind)} event(s) (to seq {self.last_seq}) to fetch from the "
+                        f"log {self.catchup.index.path}"
+                    )
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            self.publisher.close(linger_ms=left_ms)
         finally:
             if self.catchup is not None:
                 self.catchup.close()

@@ -2,6 +2,9 @@
 subscriber that joined late, read slowly, or saw a gap; all over real sockets on 127.0.0.1."""
 
 import json
+import subprocess
+import threading
+import time
 
 import pytest
 import zmq
@@ -9,9 +12,12 @@ import zmq
 from detector.catchup import BATCH, CatchupServer, derive_endpoint, fetch, resolve
 from detector.errors import WhaleError
 from detector.eventlog import EventLog, read_events, read_log
+from detector.publish import Publisher
 from detector.raven import export_raven
+from detector.subscriber import Follower
+from detector.zmq_output import ZmqOutput
 
-from .test_cli import replay, write_synthetic
+from .test_cli import DAEMON, replay, write_synthetic
 
 
 def test_seq_continues_across_runs_and_the_log_says_where_each_run_starts(tmp_path, tiny_model):
@@ -157,3 +163,145 @@ def test_catchup_endpoint_derives_from_the_publish_endpoint():
     assert resolve("off", ["tcp://h:1"]) is None and resolve("tcp://h:9", []) == "tcp://h:9"
     with pytest.raises(WhaleError, match="--catchup"):
         derive_endpoint("tcp://h:65535")
+
+
+# -- a following subscriber ------------------------------------------------------------------------
+class Daemon:
+    """The daemon's delivery end over real sockets: the log first, then the ZeroMQ output with
+    its catch-up endpoint, as the Listener drives them (`_deliver`)."""
+
+    def __init__(self, path, linger_s=10.0, endpoint="tcp://127.0.0.1:*"):
+        self.log = EventLog(path)
+        self.run, self.seq = "run-x", self.log.last_seq()
+        self.log.start_run({"type": "run", "run": self.run, "after_seq": self.seq})
+        publisher = Publisher([endpoint])
+        catchup_at = resolve("auto", publisher.endpoints)
+        self.output = ZmqOutput(publisher, linger_s, catchup=CatchupServer(catchup_at, path))
+        self.endpoint, self.catchup = publisher.endpoints[0], self.output.catchup.endpoint
+
+    def emit(self, n, pad=300):
+        for _ in range(n):
+            self.seq += 1
+            event = {"type": "upcall", "seq": self.seq, "run": self.run, "pad": "x" * pad}
+            assert self.log.append(event)
+            self.output.on_event(event)
+
+    def close(self):
+        started = time.monotonic()
+        self.output.close()
+        self.log.close()
+        return time.monotonic() - started
+
+
+def _follow_in_thread(follower, got, per_message_s=0.0, timeout=3.0):
+    def read():
+        for _topic, event in follower.follow(timeout=timeout):
+            got.append(event["seq"])
+            time.sleep(per_message_s)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_subscriber_started_after_the_events_gets_every_one_once_in_order(tmp_path):
+    path = tmp_path / "ev.jsonl"
+    _log_of_two_runs(path, 5, 0)  # an earlier run's events: not this run's, not wanted
+    daemon = Daemon(path)
+    daemon.emit(250)  # the "replay" is over before the subscriber starts
+    follower = Follower(daemon.endpoint, daemon.catchup)
+    got: list[int] = []
+    thread = _follow_in_thread(follower, got)
+    time.sleep(0.5)
+    daemon.emit(40)  # and live events after it joined: merged, no duplicates
+    thread.join(30)
+    took = daemon.close()
+    follower.close()
+    assert got == list(range(6, 6 + 290))
+    assert follower.fetched >= 250 and follower.lost == 0
+    assert took < 5  # it was caught up: the daemon did not wait for it
+
+
+def test_a_subscriber_reading_10_messages_a_second_gets_every_event(tmp_path, capsys):
+    path = tmp_path / "ev.jsonl"
+    daemon = Daemon(path, linger_s=4.0)  # under the 10 s it takes to read 100: a tail to lose
+    follower = Follower(daemon.endpoint, daemon.catchup, rcvhwm=10)
+    got: list[int] = []
+    thread = _follow_in_thread(follower, got, per_message_s=0.1, timeout=3.0)
+    time.sleep(0.5)  # connected (a slow joiner would lose the first ones: catch-up has them)
+    # 10 MB at once: more than the socket buffers hold, so at exit the publisher still queues a
+    # tail that --linger drops (a plain SUB reading like this got 88 of 100 here)
+    daemon.emit(100, pad=100_000)
+    daemon.close()  # waits (up to linger) until the subscriber holds the last event
+    assert "still behind" not in capsys.readouterr().err
+    thread.join(60)
+    follower.close()
+    assert got == list(range(1, 101))  # every event, in order, exactly once
+
+
+def test_the_exit_line_says_what_a_subscriber_behind_still_has_to_fetch(tmp_path, capsys):
+    path = tmp_path / "ev.jsonl"
+    daemon = Daemon(path, linger_s=0.5)
+    context = zmq.Context()
+    stuck = context.socket(zmq.DEALER)  # a client that asked once, then stopped reading
+    stuck.connect(daemon.catchup)
+    daemon.emit(30)
+    fetch(stuck, 10, timeout_s=5, limit=0)
+    daemon.close()
+    stuck.close(linger=0)
+    context.term()
+    err = capsys.readouterr().err
+    assert "1 catch-up subscriber(s) still behind at exit: up to 20 event(s) (to seq 30)" in err
+
+
+def test_whale_listen_subscribe_started_late_prints_every_event_once_in_order(tmp_path):
+    path = tmp_path / "ev.jsonl"
+    _log_of_two_runs(path, 3, 0)
+    daemon = Daemon(path, linger_s=0.0, endpoint=f"ipc://{tmp_path}/w.sock")
+    try:
+        daemon.emit(120)  # all before the subscriber starts
+        assert daemon.catchup == f"ipc://{tmp_path}/w.sock.catchup"  # derived on both sides
+        command = [*DAEMON, "subscribe", daemon.endpoint, "--topic", "upcall", "--timeout", "3"]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert [json.loads(line)["seq"] for line in proc.stdout.splitlines()] == list(
+            range(4, 124)
+        )  # this run's: from the daemon's run line on
+        whole = subprocess.run(
+            [*command, "--since-seq", "0"], capture_output=True, text=True, timeout=60
+        )
+        assert [json.loads(line)["seq"] for line in whole.stdout.splitlines()] == list(
+            range(1, 124)
+        )
+    finally:
+        daemon.close()
+
+
+def test_subscribe_refuses_a_bad_catchup_endpoint_in_one_line():
+    proc = subprocess.run(
+        [*DAEMON, "subscribe", "tcp://127.0.0.1:5556", "--catchup", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 64 and "nowhere" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_index_reads_the_log_in_chunks_and_waits_for_a_line_being_written(
+    tmp_path, monkeypatch
+):
+    from detector.catchup import LogIndex
+
+    monkeypatch.setattr("detector.catchup.READ_CHUNK", 500)  # ~ one event line
+    path = tmp_path / "ev.jsonl"
+    events = _log_of_two_runs(path, 4, 3)
+    with open(path, "ab") as file:
+        file.write(b'{"type": "upcall", "seq": 8')  # not whole yet
+    index = LogIndex(path)
+    index.refresh()
+    assert index.seqs == [1, 2, 3, 4, 5, 6, 7] and index.run == "run-b"
+    assert index.after(5, 10) == (events[5:], False)
+    with open(path, "ab") as file:
+        file.write(b"}\n")
+    index.refresh()
+    assert index.seqs[-1] == 8 and index.after(7, 10) == ([{"type": "upcall", "seq": 8}], False)
