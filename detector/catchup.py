@@ -28,6 +28,7 @@ from pathlib import Path
 import zmq
 
 from detector.errors import WhaleError
+from detector.eventlog import last_seq
 from detector.records import EVENT_TYPE, RUN_TYPE, encode
 
 BATCH = 100  # events a reply carries at most
@@ -69,6 +70,7 @@ class LogIndex:
         self.spans: list[tuple[int, int]] = []  # (offset, length) of each event's line
         self.run: str | None = None
         self.run_after_seq = 0
+        self.run_offset: int | None = None  # where the last run line starts
 
     def refresh(self) -> None:
         """Index what was appended since the last call, READ_CHUNK bytes at a time."""
@@ -101,6 +103,7 @@ class LogIndex:
         kind = record.get("type", EVENT_TYPE)
         if kind == RUN_TYPE:
             self.run, self.run_after_seq = record.get("run"), int(record.get("after_seq", 0))
+            self.run_offset = position
         elif kind == EVENT_TYPE and isinstance(record.get("seq"), int):
             seq = record["seq"]
             if self.seqs and seq <= self.seqs[-1]:  # an old log restarting seq: serve only after
@@ -131,6 +134,11 @@ class CatchupServer:
 
     def __init__(self, endpoint: str, log_path: Path) -> None:
         self.index = LogIndex(log_path)
+        try:  # the daemon's run line comes after this: an earlier one is an earlier run's
+            self.base = Path(log_path).stat().st_size
+        except OSError:
+            self.base = 0
+        self.start_seq = last_seq(log_path)  # where this run's events will start
         self.requests = 0
         self.positions: dict[bytes, tuple[int, float]] = {}  # client -> (after_seq, when)
         self._lock = threading.Lock()
@@ -186,9 +194,11 @@ class CatchupServer:
                 raise ValueError
         except (ValueError, AttributeError):
             return {"error": 'expected {"after_seq": N or null, "max": M}'}
-        self.index.refresh()
         index = self.index
-        start = index.run_after_seq if after is None else after
+        index.refresh()
+        current = index.run_offset is not None and index.run_offset >= self.base
+        run, run_after = (index.run, index.run_after_seq) if current else (None, self.start_seq)
+        start = run_after if after is None else after
         events, more = index.after(start, min(limit, BATCH))
         with self._lock:
             self.requests += 1
@@ -196,8 +206,8 @@ class CatchupServer:
         reply = {} if tag is None else {"id": tag}
         return {
             **reply,
-            "run": index.run,
-            "run_after_seq": index.run_after_seq,
+            "run": run,  # None until this run's line is in the log
+            "run_after_seq": run_after,
             "last_seq": index.last_seq,
             "events": events,
             "more": more,

@@ -238,6 +238,7 @@ def subscribe_cmd(
             catchup_at = resolve(catchup, [endpoint])
         except ValueError as e:
             raise UsageError(str(e)) from None
+        follower = None
         if catchup_at is None or (topics and "upcall" not in topics):
             messages = subscribe(endpoint, list(topics) or None, timeout)
         else:
@@ -249,9 +250,13 @@ def subscribe_cmd(
                 discover=catchup == "auto",
             )
             messages = follower.follow(timeout)
-        for _topic, obj in messages:
-            click.echo(json.dumps(obj))  # "type" says upcall or status
-            sys.stdout.flush()
+        try:
+            for _topic, obj in messages:
+                click.echo(json.dumps(obj))  # "type" says upcall or status
+                sys.stdout.flush()
+        finally:
+            if follower is not None:
+                follower.close()
     except WhaleError as e:
         fail(str(e), e.exit_status)
     except KeyboardInterrupt:

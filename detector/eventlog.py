@@ -82,14 +82,8 @@ class EventLog:
         os.fsync(self._fd)
 
     def last_seq(self) -> int:
-        """The seq the log ends at: its last event's, or its last run line's `after_seq` (a run
-        with no event); 0 for an empty log. Read backwards from the end, a chunk at a time."""
-        for record in _records_backwards(self.path):
-            kind = record.get("type", EVENT_TYPE)
-            value = record.get("seq") if kind == EVENT_TYPE else record.get("after_seq")
-            if kind in (EVENT_TYPE, RUN_TYPE) and isinstance(value, int):
-                return value
-        return 0
+        """The seq the log ends at (`last_seq`)."""
+        return last_seq(self.path)
 
     def start_run(self, run: dict) -> bool:
         """Write a run's first line (`records.Run`); False if the disk refused it. It is not held
@@ -147,6 +141,17 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def last_seq(path: Path) -> int:
+    """The seq a log ends at: its last event's, or its last run line's `after_seq` (a run with
+    no event); 0 for an empty or absent log. Read backwards from the end, a chunk at a time."""
+    for record in _records_backwards(path):
+        kind = record.get("type", EVENT_TYPE)
+        value = record.get("seq") if kind == EVENT_TYPE else record.get("after_seq")
+        if kind in (EVENT_TYPE, RUN_TYPE) and isinstance(value, int):
+            return value
+    return 0
 
 
 def _records_backwards(path: Path) -> Iterator[dict]:

@@ -73,6 +73,8 @@ class Follower:
         self._sub = self._context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.RCVHWM, rcvhwm)
         self._dealer = self._context.socket(zmq.DEALER)
+        for socket in (self._sub, self._dealer):
+            socket.setsockopt(zmq.LINGER, 0)  # unanswered requests must not hold the exit
         self.catchup = catchup
         self.discover = discover  # follow the catch-up endpoint that status messages name
         self.held: dict[int, dict] = {}  # events received or fetched, not yet yielded

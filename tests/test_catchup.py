@@ -108,9 +108,9 @@ def test_catchup_serves_the_logged_events_after_a_seq_in_bounded_batches(
     tmp_path, dealer, transport
 ):
     path = tmp_path / "ev.jsonl"
-    events = _log_of_two_runs(path, 150, 120)
     endpoint = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/c.sock"
-    server = CatchupServer(endpoint, path)
+    server = CatchupServer(endpoint, path)  # opened first, as the daemon does: run-b is current
+    events = _log_of_two_runs(path, 150, 120)
     try:
         socket = dealer(server.endpoint)
         reply = fetch(socket, 0, timeout_s=5)
@@ -179,12 +179,13 @@ class Daemon:
         self.output = ZmqOutput(publisher, linger_s, catchup=CatchupServer(catchup_at, path))
         self.endpoint, self.catchup = publisher.endpoints[0], self.output.catchup.endpoint
 
-    def emit(self, n, pad=300):
+    def emit(self, n, pad=300, unpublished=()):
         for _ in range(n):
             self.seq += 1
             event = {"type": "upcall", "seq": self.seq, "run": self.run, "pad": "x" * pad}
             assert self.log.append(event)
-            self.output.on_event(event)
+            if self.seq not in unpublished:  # as if the network lost it
+                self.output.on_event(event)
 
     def close(self):
         started = time.monotonic()
@@ -305,3 +306,66 @@ def test_the_index_reads_the_log_in_chunks_and_waits_for_a_line_being_written(
         file.write(b"}\n")
     index.refresh()
     assert index.seqs[-1] == 8 and index.after(7, 10) == ([{"type": "upcall", "seq": 8}], False)
+
+
+def test_the_current_run_is_the_one_after_the_server_opened_even_before_its_run_line(
+    tmp_path, dealer
+):
+    path = tmp_path / "ev.jsonl"
+    earlier = _log_of_two_runs(path, 3, 2)  # run-b is the previous daemon's now
+    server = CatchupServer("tcp://127.0.0.1:*", path)
+    try:
+        socket = dealer(server.endpoint)
+        early = fetch(socket, None, timeout_s=5)  # before this daemon wrote its run line
+        assert (early["run"], early["run_after_seq"], early["events"]) == (None, 5, [])
+        with EventLog(path) as log:
+            log.start_run({"type": "run", "run": "run-c", "after_seq": 5})
+            log.append({"type": "upcall", "seq": 6, "run": "run-c"})
+        reply = fetch(socket, None, timeout_s=5)
+        assert (reply["run"], reply["run_after_seq"]) == ("run-c", 5)
+        assert [e["seq"] for e in reply["events"]] == [6]
+        assert fetch(socket, 0, timeout_s=5)["events"][:5] == earlier
+    finally:
+        server.close()
+
+
+def test_a_gap_in_the_stream_is_filled_from_the_log_before_the_next_event(tmp_path):
+    daemon = Daemon(tmp_path / "ev.jsonl")
+    follower = Follower(daemon.endpoint, daemon.catchup)
+    got: list[int] = []
+    thread = _follow_in_thread(follower, got)
+    time.sleep(0.5)
+    daemon.emit(60, unpublished={5, 6, 7, 30, 60})  # 60: a lost last one (no later gap)
+    thread.join(30)
+    daemon.close()
+    follower.close()
+    assert got == list(range(1, 61)) and follower.lost == 0
+
+
+def test_whale_listen_subscribe_started_before_a_fast_replay_gets_every_event(tmp_path, tiny_model):
+    """The slow joiner: no --wait-subscribers, so the first events go out before the SUB
+    socket's subscription arrives; catch-up has them."""
+    from .test_cli import free_tcp_endpoint
+
+    endpoint = free_tcp_endpoint()
+    recording = tmp_path / "calls.wav"
+    write_synthetic(recording, seed=21, seconds=60, calls=3, lookalikes=0)
+    log = tmp_path / "events.jsonl"
+    subscriber = subprocess.Popen(
+        [*DAEMON, "subscribe", endpoint, "--topic", "upcall", "--timeout", "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    daemon = subprocess.run(
+        [*DAEMON, "--replay", recording, "--model", tiny_model, "--events-log", log,
+         "--publish", endpoint, "--linger", "5", "--heartbeat", "3600"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    out, err = subscriber.communicate(timeout=120)
+    assert daemon.returncode == 0, daemon.stderr
+    logged = read_events(log)
+    assert logged, "the tiny model found nothing in the synthetic recording"
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert printed == logged, err  # every event, in order, exactly once
+    assert "catch-up on tcp://127.0.0.1:" in daemon.stderr
