@@ -217,11 +217,11 @@ class CatchupServer:
         """How far behind `last_seq` each client heard from lately is (0: caught up)."""
         now = time.monotonic()
         with self._lock:
-            return [
-                max(0, last_seq - seq)
-                for seq, when in self.positions.values()
-                if now - when < CLIENT_TTL_S
-            ]
+            for client in [
+                c for c, (_, when) in self.positions.items() if now - when >= CLIENT_TTL_S
+            ]:
+                del self.positions[client]  # gone quiet: forgotten (a client per connection)
+            return [max(0, last_seq - seq) for seq, _ in self.positions.values()]
 
     def close(self) -> None:
         self._stop.set()
