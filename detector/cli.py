@@ -242,15 +242,59 @@ def _signals_ignored() -> Iterator[None]:
     default=None,
     help="Exit after this many seconds without a message.",
 )
-def subscribe_cmd(endpoint: str, topics: tuple[str, ...], timeout: float | None) -> None:
-    """Print what a whale-listen publisher sends, one JSON object per line."""
-    from detector.subscriber import subscribe
+@click.option(
+    "--catchup",
+    default="auto",
+    help="The daemon's catch-up endpoint, to fetch missed events from its log: auto = ENDPOINT's "
+    "port + 1 (ipc: PATH.catchup; then the one status messages name), or off.  [default: auto]",
+)
+@click.option(
+    "--since-seq",
+    type=click.IntRange(0),
+    default=None,
+    help="Start with the logged events after this seq (0: the whole log).  "
+    "[default: the daemon's current run]",
+)
+def subscribe_cmd(
+    endpoint: str,
+    topics: tuple[str, ...],
+    timeout: float | None,
+    catchup: str,
+    since_seq: int | None,
+) -> None:
+    """Print what a whale-listen publisher sends, one JSON object per line: every event once, in
+    seq order, fetching what the stream missed from the daemon's catch-up endpoint."""
+    from detector.catchup import resolve
+    from detector.settings import _catchup, _check_endpoint
+    from detector.subscriber import Follower, subscribe
 
     _default_signals()
     try:
-        for _topic, obj in subscribe(endpoint, list(topics) or None, timeout):
-            click.echo(json.dumps(obj))  # "type" says upcall or status
-            sys.stdout.flush()
+        try:
+            _check_endpoint(endpoint)
+            catchup = _catchup(catchup)
+            catchup_at = resolve(catchup, [endpoint])
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        follower = None
+        if catchup_at is None or (topics and "upcall" not in topics):
+            messages = subscribe(endpoint, list(topics) or None, timeout)
+        else:
+            follower = Follower(
+                endpoint,
+                catchup_at,
+                statuses=not topics or "status" in topics,
+                since_seq=since_seq,
+                discover=catchup == "auto",
+            )
+            messages = follower.follow(timeout)
+        try:
+            for _topic, obj in messages:
+                click.echo(json.dumps(obj))  # "type" says upcall or status
+                sys.stdout.flush()
+        finally:
+            if follower is not None:
+                follower.close()
     except WhaleError as e:
         fail(str(e), e.exit_status)
     except KeyboardInterrupt:

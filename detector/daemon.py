@@ -161,7 +161,7 @@ def summary(listener: Listener, wall_s: float, paced_by: str | None = None) -> s
     return (
         f"done: {audio_s:.1f} s of audio in {wall_s:.{2 if wall_s < 10 else 1}f} s, "
         f"{speed(audio_s, wall_s)} real time "
-        f"({how}), {listener.seq} event(s), {dropped} dropped sample(s)"
+        f"({how}), {listener.events} event(s), {dropped} dropped sample(s)"
     )
 
 

@@ -2,14 +2,22 @@
 
 The log is the source of truth: a subscriber that missed a message (slow joiner, network drop,
 full queue) can always recover it from disk. `read_events` reads a log back.
+
+Each daemon start first appends a `{"type": "run", ...}` line (`records.Run`: its run id and
+`after_seq`, the last seq before it), and its events' `seq` continue from the log's last one, so
+a seq names one event in the whole log. `read_events` gives the events only; `read_log` every
+record.
 """
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from detector.errors import WhaleError
-from detector.records import encode
+from detector.records import EVENT_TYPE, RUN_TYPE, encode
+
+TAIL_CHUNK = 65536
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -73,6 +81,21 @@ class EventLog:
             os.ftruncate(self._fd, size - len(tail) + cut)
         os.fsync(self._fd)
 
+    def last_seq(self) -> int:
+        """The seq the log ends at (`last_seq`)."""
+        return last_seq(self.path)
+
+    def start_run(self, run: dict) -> bool:
+        """Write a run's first line (`records.Run`); False if the disk refused it. It is not held
+        like an event: every event names its run too, so a lost run line loses nothing."""
+        if self.pending:
+            return False  # never ahead of events still held
+        self.pending.append(encode(run) + b"\n")
+        if self.flush():
+            return True
+        self.pending.pop()
+        return False
+
     def append(self, event: dict) -> bool:
         """Write one line (after any held back) and fsync it; False if it is held in memory."""
         self.pending.append(encode(event) + b"\n")
@@ -120,8 +143,58 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def last_seq(path: Path) -> int:
+    """The seq a log ends at: its last event's, or its last run line's `after_seq` (a run with
+    no event); 0 for an empty or absent log. Read backwards from the end, a chunk at a time."""
+    for record in _records_backwards(path):
+        kind = record.get("type", EVENT_TYPE)
+        value = record.get("seq") if kind == EVENT_TYPE else record.get("after_seq")
+        if kind in (EVENT_TYPE, RUN_TYPE) and isinstance(value, int):
+            return value
+    return 0
+
+
+def _records_backwards(path: Path) -> Iterator[dict]:
+    """The log's whole JSON lines, last first (a torn or bad line is passed over)."""
+    try:
+        with open(path, "rb") as file:
+            end = file.seek(0, os.SEEK_END)
+            rest = b""
+            while end > 0:
+                start = max(0, end - TAIL_CHUNK)
+                file.seek(start)
+                data = file.read(end - start) + rest
+                end = start
+                lines = data.split(b"\n")
+                rest = lines.pop(0) if start > 0 else b""  # maybe cut: joined with the next chunk
+                for line in reversed(lines):
+                    record = _record(line)
+                    if record is not None:
+                        yield record
+            record = _record(rest)
+            if record is not None:
+                yield record
+    except FileNotFoundError:
+        return
+
+
+def _record(line: bytes) -> dict | None:
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def read_events(path: Path) -> list[dict]:
-    """All events in a log; a torn last line (crash mid-write) is skipped, other bad lines fail."""
+    """The events in a log, without its run lines (`read_log`: every record)."""
+    return [r for r in read_log(path) if not (isinstance(r, dict) and r.get("type") == RUN_TYPE)]
+
+
+def read_log(path: Path) -> list[dict]:
+    """All records in a log; a torn last line (crash mid-write) is skipped, other bad lines fail."""
     path = Path(path)
     try:
         lines = path.read_bytes().split(b"\n")

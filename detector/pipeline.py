@@ -1,8 +1,9 @@
 """The scoring loop: ring -> (resample) -> 2-s windows -> ONNX model -> events -> log -> outputs.
 
 One loop serves replay and live sources alike. Every event is fsync'ed to the log before any
-output (ZeroMQ, MQTT, ...) sees it and carries a per-run sequence number, so a subscriber can see
-a gap and recover it.
+output (ZeroMQ, MQTT, ...) sees it. Events carry the run's id (a uuid4 per Listener, its start
+is the log's `run` line) and a sequence number that continues from the log's last one across
+restarts, so a subscriber can see a gap and recover it (the ZeroMQ output's catch-up).
 A stop request (SIGINT/SIGTERM) or the end of the source closes any open event and delivers it.
 
 A live source given a `reopen` function survives its sound card: when the card errors, vanishes
@@ -31,7 +32,7 @@ from detector.journal import log as journal
 from detector.journal import say
 from detector.model import Model
 from detector.outputs import Output
-from detector.records import Status, build_event
+from detector.records import Run, Status, build_event, new_run_id
 from detector.scoring import make_scorer
 from detector.silence import SilenceWatch
 from detector.source import STOP_WAIT_S, Source
@@ -111,7 +112,17 @@ class Listener:
         self.clock = clock  # live cards: event times held to the wall clock
         self.counters = Counters()
         self.silence = SilenceWatch()
-        self.seq = 0
+        self.run_id = new_run_id()
+        self.first_seq = log.last_seq()  # this run's events are first_seq + 1, + 2, ...
+        self.seq = self.first_seq  # the last event's
+        self.run_logged = log.start_run(
+            Run(
+                run=self.run_id,
+                station=station,
+                time=iso_utc(datetime.now().astimezone()),
+                after_seq=self.first_seq,
+            ).to_dict()
+        )
         self.source: Source | None = None
         self.source_state = "up"
         self._retired_dropped = 0  # ring drops of sources replaced after an outage
@@ -136,6 +147,7 @@ class Listener:
             event = build_event(
                 raw,
                 seq=self.seq,
+                run=self.run_id,
                 stream_start=stream_start,
                 sample_rate=SAMPLE_RATE,
                 station=self.station,
@@ -177,6 +189,11 @@ class Listener:
         self._log_failing = not logged
 
     @property
+    def events(self) -> int:
+        """Events of this run so far."""
+        return self.seq - self.first_seq
+
+    @property
     def dropped(self) -> int:
         """Samples lost so far: full rings plus the time the source was down."""
         return self._retired_dropped + int(self.source.ring.dropped) + self.counters.gap_samples
@@ -186,6 +203,7 @@ class Listener:
         source, c = self.source, self.counters
         audio_s = c.samples_in / SAMPLE_RATE
         return Status(
+            run=self.run_id,
             station=self.station,
             time=iso_utc(datetime.now().astimezone()),
             source=source.name,
@@ -194,7 +212,7 @@ class Listener:
             uptime_s=round(time.monotonic() - c.started, 1),
             samples_in=c.samples_in,
             windows_scored=c.windows,
-            events=self.seq,
+            events=self.events,
             last_seq=self.seq,
             unlogged_events=len(self.log.pending),
             dropped_samples=self.dropped,

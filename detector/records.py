@@ -14,9 +14,15 @@ from datetime import datetime
 from detector.events import RawEvent
 from detector.timestamps import sample_time
 
-SCHEMA = 1  # a change that breaks readers bumps it
+SCHEMA = 1  # a change that breaks readers bumps it (adding a field, as `run` was, does not)
 EVENT_TYPE = "upcall"
 STATUS_TYPE = "status"
+RUN_TYPE = "run"  # the log's record of where a daemon run starts (never published)
+
+
+def new_run_id() -> str:
+    """The identity of one daemon start: a uuid4, in every event and status of that run."""
+    return str(uuid.uuid4())
 
 
 def encode(obj: dict) -> bytes:
@@ -45,7 +51,8 @@ class Event(_Record):
 
     schema: int = SCHEMA
     type: str = EVENT_TYPE
-    seq: int  # 1, 2, 3, ... in this run: a gap is a missed message
+    seq: int  # continues across runs from the log's last one: a gap is a missed message
+    run: str  # uuid4 of the daemon start that detected it
     id: str  # uuid4
     station: str
     start: str  # ISO-8601 UTC, milliseconds, Z
@@ -73,10 +80,11 @@ class Event(_Record):
 class Status(_Record):
     """The heartbeat: the loop's counters, the source's state, and the outputs' own fields."""
 
-    OPTIONAL = ("clock_resets", "clock_drift_s", "zmq_dropped", "clips", "mqtt")
+    OPTIONAL = ("clock_resets", "clock_drift_s", "zmq_dropped", "catchup", "clips", "mqtt")
 
     schema: int = SCHEMA
     type: str = STATUS_TYPE
+    run: str  # the daemon start's uuid4, as in its events
     station: str
     time: str  # ISO-8601 UTC, from the clock
     source: str
@@ -98,8 +106,21 @@ class Status(_Record):
     clock_resets: int | None = None  # live cards: re-anchors to the wall clock (detector.clock)
     clock_drift_s: float | None = None  # live cards: sample count minus wall time, last check
     zmq_dropped: int | None = None  # the ZeroMQ output's
+    catchup: str | None = None  # the ZeroMQ output's catch-up endpoint, as bound
     clips: dict | None = None  # the clip output's
     mqtt: dict | None = None  # the MQTT output's
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run(_Record):
+    """The log's line at each daemon start: readers of events skip it (`read_events`)."""
+
+    schema: int = SCHEMA
+    type: str = RUN_TYPE
+    run: str
+    station: str
+    time: str  # ISO-8601 UTC, from the clock
+    after_seq: int  # the last seq before this run: its first event is after_seq + 1
 
 
 def _required(record: type) -> dict[str, object]:
@@ -114,6 +135,7 @@ def build_event(
     raw: RawEvent,
     *,
     seq: int,
+    run: str,
     stream_start: datetime,
     sample_rate: int,
     station: str,
@@ -125,6 +147,7 @@ def build_event(
     """The event record of a merged detection; `gap_samples`: audio lost since the last one."""
     return Event(
         seq=seq,
+        run=run,
         id=str(uuid.uuid4()),
         station=station,
         start=sample_time(stream_start, raw.start_sample, sample_rate),

@@ -101,6 +101,14 @@ def _check_endpoint(endpoint: str) -> None:
         raise ValueError(f"{ascii(endpoint)}: the port must be 1-65535 or *")
 
 
+def _catchup(value: object) -> str:
+    """auto, off, or an endpoint to bind (checked like --publish's)."""
+    text = _string(value)
+    if text not in ("auto", "off"):
+        _check_endpoint(text)
+    return text
+
+
 def _device(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
@@ -247,6 +255,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("linger", 2.0, Number(float, 0, 3600), "Seconds to deliver the last events "
            "before exit.",
            "2", float, metavar="SECONDS"),
+    Option("catchup", "auto", _catchup, "ZeroMQ catch-up endpoint serving missed events from the "
+           "log (ROUTER): auto = the first --publish port + 1 (ipc: PATH.catchup), or off.",
+           "auto", metavar="ENDPOINT"),
     Option("mqtt", None, _mqtt_url, "Also publish to an MQTT broker: mqtt[s]://host[:port]/topic "
            "(events at QoS 1, retained online/offline state).", "off",
            output="detector.mqtt", metavar="URL"),

@@ -3,8 +3,10 @@
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable
 
+from detector.catchup import CatchupServer, resolve
 from detector.errors import WhaleError
 from detector.journal import say
 from detector.outputs import Output
@@ -20,11 +22,17 @@ class ZmqOutput(Output):
     name = "zeromq"
 
     def __init__(
-        self, publisher: Publisher, linger_s: float = 2.0, wait_subscribers: int = 0
+        self,
+        publisher: Publisher,
+        linger_s: float = 2.0,
+        wait_subscribers: int = 0,
+        catchup: CatchupServer | None = None,
     ) -> None:
         self.publisher = publisher
         self.linger_s = linger_s
         self.wait_subscribers = wait_subscribers
+        self.catchup = catchup  # serves the log to subscribers that missed events
+        self.last_seq = 0
 
     def prepare(self, stopped: Callable[[], bool]) -> None:
         if not self.wait_subscribers:
@@ -35,19 +43,43 @@ class ZmqOutput(Output):
         say(f"{got} subscriber(s) connected")
 
     def on_event(self, event: dict) -> None:
+        self.last_seq = event["seq"]
         self.publisher.send("upcall", event)
 
     def on_status(self, status: dict) -> None:
         self.publisher.send("status", status)
 
     def status_fields(self) -> dict:
-        return {"zmq_dropped": self.publisher.dropped}
+        fields: dict = {"zmq_dropped": self.publisher.dropped}
+        if self.catchup is not None:
+            fields["catchup"] = self.catchup.endpoint
+        return fields
 
     def close(self) -> None:
-        self.publisher.close(linger_ms=int(self.linger_s * 1000))
+        """Up to `linger_s`: wait for the catch-up clients to hold the last event (they fetch
+        what the publisher could not deliver), then give the queued messages what is left.
+        The exit line says how many events the clients still behind may have to fetch."""
+        deadline = time.monotonic() + self.linger_s
+        try:
+            if self.catchup is not None:
+                while time.monotonic() < deadline and any(self.catchup.behind(self.last_seq)):
+                    time.sleep(0.05)
+                behind = [n for n in self.catchup.behind(self.last_seq) if n]
+                if behind:
+                    say(
+                        f"zeromq: {len(behind)} catch-up subscriber(s) still behind at exit: up "
+                        f"to {max(behind)} event(s) (to seq {self.last_seq}) to fetch from the "
+                        f"log {self.catchup.index.path}"
+                    )
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            self.publisher.close(linger_ms=left_ms)
+        finally:
+            if self.catchup is not None:
+                self.catchup.close()
 
     def describe(self) -> str:
-        return f"publishing on {', '.join(self.publisher.endpoints)}"
+        catchup = f", catch-up on {self.catchup.endpoint}" if self.catchup is not None else ""
+        return f"publishing on {', '.join(self.publisher.endpoints)}{catchup}"
 
 
 def refuse_live_ipc(endpoint: str) -> None:
@@ -74,4 +106,13 @@ def refuse_live_ipc(endpoint: str) -> None:
 def open_output(settings: Settings) -> ZmqOutput:
     for endpoint in settings.publish:
         refuse_live_ipc(endpoint)
-    return ZmqOutput(Publisher(list(settings.publish)), settings.linger, settings.wait_subscribers)
+    endpoint = resolve(settings.catchup, list(settings.publish))
+    if endpoint is not None:
+        refuse_live_ipc(endpoint)
+    publisher = Publisher(list(settings.publish))
+    try:
+        catchup = CatchupServer(endpoint, settings.events_log) if endpoint is not None else None
+    except BaseException:
+        publisher.close(linger_ms=0)
+        raise
+    return ZmqOutput(publisher, settings.linger, settings.wait_subscribers, catchup)

@@ -134,6 +134,7 @@ def test_build_event_fields_and_timing():
     event = build_event(
         raw,
         seq=7,
+        run="run-1",
         stream_start=start,
         sample_rate=2000,
         station="EST",
@@ -158,6 +159,7 @@ def test_build_event_fields_and_timing():
     other = build_event(
         raw,
         seq=8,
+        run="run-1",
         stream_start=start,
         sample_rate=2000,
         station="EST",
@@ -180,6 +182,7 @@ def test_build_event_timing_uses_sample_counts_far_into_a_stream():
     event = build_event(
         raw,
         seq=0,
+        run="run-1",
         stream_start=datetime(2020, 1, 1, tzinfo=UTC),
         sample_rate=2000,
         station="s",

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from detector.errors import EX_CONFIG
+from detector.eventlog import read_events
 from detector.model import DEFAULT_MODEL, card_path, load_card
 from detector.presets import choose_threshold
 from tests.test_cli import assert_one_error, invoke, replay_args, write_call_train
@@ -53,7 +54,7 @@ def start_line(tmp_path: Path, model: Path, *extra: object) -> tuple[list[str], 
     log = tmp_path / "ev.jsonl"
     result = invoke(*replay_args(recording, model, log), *extra)
     assert result.exit_code == 0, result.stderr
-    events = [json.loads(line) for line in log.read_text().splitlines()]
+    events = read_events(log)  # the log also has its run line
     return result.stderr.splitlines(), events
 
 

@@ -22,6 +22,7 @@ def _event(seq: int, start: int, end: int, score: float, source: str) -> dict:
     return build_event(
         raw,
         seq=seq,
+        run="run-1",
         stream_start=datetime(2009, 3, 28, 0, 15, tzinfo=UTC),
         sample_rate=2000,
         station="EST",

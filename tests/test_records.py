@@ -26,7 +26,8 @@ def readme_event_table() -> list[str]:
 def an_event(**overrides: object) -> Event:
     raw = RawEvent(start_sample=3000, end_sample=9000, peak_score=0.9, peak_sample=6000, windows=4)
     arguments = dict(
-        seq=1, stream_start=datetime(2009, 3, 28, tzinfo=UTC), sample_rate=2000, station="s",
+        seq=1, run="run-1", stream_start=datetime(2009, 3, 28, tzinfo=UTC), sample_rate=2000,
+        station="s",
         source="f.wav", model={"name": "m", "sha256": "0"}, threshold=0.5,
     )  # fmt: skip
     return build_event(raw, **{**arguments, **overrides})
@@ -64,3 +65,8 @@ def test_status_keeps_null_required_fields_and_drops_unset_optional_ones():
 def test_every_metric_reads_a_declared_status_field():
     declared = set(STATUS_FIELDS) | set(Status.OPTIONAL)
     assert set(METRICS) | set(NESTED) <= declared
+
+
+def test_an_event_names_its_run_right_after_its_seq():
+    event = an_event(run="0c8f2b7e").to_dict()
+    assert list(event)[2:5] == ["seq", "run", "id"] and event["run"] == "0c8f2b7e"

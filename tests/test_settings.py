@@ -55,6 +55,7 @@ def test_config_values_apply(tmp_path):
         events_log = "/var/lib/whale-listen/events.jsonl"
         wait_subscribers = 1
         linger = 0.5
+        catchup = "tcp://0.0.0.0:5557"
         clips = "/var/lib/whale-listen/clips"
         mqtt = "mqtts://shore:8883/whales/b7"
         mqtt_auth_file = "/etc/whale-listen/mqtt.auth"
