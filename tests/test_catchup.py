@@ -357,6 +357,9 @@ def test_whale_listen_subscribe_started_before_a_fast_replay_gets_every_event(tm
         stderr=subprocess.PIPE,
         text=True,
     )
+    # give the subscriber process time to start (imports take seconds on a loaded machine); its
+    # sockets then reconnect as soon as the daemon binds, which is the slow joiner's race
+    time.sleep(3)
     daemon = subprocess.run(
         [*DAEMON, "--replay", recording, "--model", tiny_model, "--events-log", log,
          "--publish", endpoint, "--linger", "5", "--heartbeat", "3600"],
