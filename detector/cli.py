@@ -262,8 +262,10 @@ def subscribe_cmd(
     catchup: str,
     since_seq: int | None,
 ) -> None:
-    """Print what a whale-listen publisher sends, one JSON object per line: every event once, in
-    seq order, fetching what the stream missed from the daemon's catch-up endpoint."""
+    """Print what a whale-listen publisher sends, one JSON object per line.
+
+    Every event once, in seq order, fetching what the stream missed from the daemon's catch-up
+    endpoint."""
     from detector.catchup import resolve
     from detector.settings import _catchup, _check_endpoint
     from detector.subscriber import Follower, subscribe

@@ -179,8 +179,10 @@ class Follower:
         """No answer for REPLY_TIMEOUT_S (no catch-up there): go on with the live events."""
         if self._asked is None or time.monotonic() - self._asked_at < REPLY_TIMEOUT_S:
             return
-        if not self.held:
-            return  # nothing waits on it
+        if not self.held:  # nothing heard live yet: the request may be lost (a daemon that was
+            # not up yet, or went away before answering): ask again rather than wait forever
+            self._ask(self.holding if self.next_seq is not None else self.since_seq)
+            return
         if self.next_seq is None:
             self.next_seq = min(self.held)  # the first one heard live
         elif self._hole():

@@ -352,14 +352,14 @@ def test_whale_listen_subscribe_started_before_a_fast_replay_gets_every_event(tm
     write_synthetic(recording, seed=21, seconds=60, calls=3, lookalikes=0)
     log = tmp_path / "events.jsonl"
     subscriber = subprocess.Popen(
-        [*DAEMON, "subscribe", endpoint, "--topic", "upcall", "--timeout", "8"],
+        [*DAEMON, "subscribe", endpoint, "--topic", "upcall", "--timeout", "20"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    # give the subscriber process time to start (imports take seconds on a loaded machine); its
-    # sockets then reconnect as soon as the daemon binds, which is the slow joiner's race
-    time.sleep(3)
+    # the subscriber is up seconds before the daemon binds (its first catch-up request then finds
+    # nobody): it must ask again and still get every event
+    time.sleep(4)
     daemon = subprocess.run(
         [*DAEMON, "--replay", recording, "--model", tiny_model, "--events-log", log,
          "--publish", endpoint, "--linger", "5", "--heartbeat", "3600"],

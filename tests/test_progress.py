@@ -26,7 +26,7 @@ SR = 2000
 def finished(audio_s: float, processing_s: float, events: int = 3) -> SimpleNamespace:
     """What summary() reads of a listener at the end of a run."""
     counters = Counters(samples_in=int(audio_s * SR), processing_s=processing_s)
-    return SimpleNamespace(counters=counters, seq=events, source=object(), dropped=0)
+    return SimpleNamespace(counters=counters, seq=events, events=events, source=object(), dropped=0)
 
 
 def test_speeds_and_clocks():
