@@ -625,7 +625,7 @@ def crossval_cmd(
     the held-out day and background as the daemon does; report per fold and pooled, and the
     operating points a model card can carry (whale-train train --operating-points)."""
     try:
-        from train.crossval import format_report, load_review, run_crossval
+        from train.crossval import load_review, run_crossval
 
         lo, hi = recipe_mix(remix_scale).remix_scale
         writable_folder(out, "--out")
@@ -643,7 +643,7 @@ def crossval_cmd(
             "mix": {"remix_scale": (lo, hi)},
             "frontend": {"normalisation": normalisation},
         }
-        summary = run_crossval(
+        run_crossval(
             sets.eval_ann,
             sets.eval_bg,
             sets.clips,
@@ -653,10 +653,9 @@ def crossval_cmd(
             review=spans,
             train_options=options,
             log=click.echo,
+            command="whale-train " + shlex.join(sys.argv[1:]),
         )
-        summary["command"] = "whale-train " + shlex.join(sys.argv[1:])
-        (out / "crossval.json").write_text(json.dumps(summary, indent=1) + "\n")
-        click.echo(format_report(summary, "Leave-one-day-out cross-validation"))
+        click.echo((out / "report.md").read_text())
     except WhaleError as e:
         fail(str(e))
 

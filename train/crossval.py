@@ -402,10 +402,11 @@ def run_crossval(
     review: dict[str, list[Span]] | None = None,
     train_options: dict | None = None,
     log: Callable[[str], None] = print,
+    command: str | None = None,
 ) -> dict:
     """Train and score every (fold, seed) model in `jobs` worker processes (one thread each, so
     the weights do not depend on the machine), then pool. Writes OUT/fold_DAY_sSEED/ (model and
-    window scores), OUT/crossval.json and OUT/report.md."""
+    window scores), OUT/crossval.json (with `command`, what made it) and OUT/report.md."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -443,6 +444,7 @@ def run_crossval(
             )
     summary = summarise(results, folds, review or {})
     summary["train_options"] = train_options or {}
+    summary["command"] = command
     (out / "crossval.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "report.md").write_text(format_report(summary, "Leave-one-day-out cross-validation"))
     write_reviews(results, folds, summary["pooled"]["presets"]["balanced"]["threshold"], out)
