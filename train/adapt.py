@@ -12,7 +12,6 @@ rebuilt network keeps each batch norm as a fixed identity (frozen during fine-tu
 rebuilt model is checked against the ONNX output before anything is trained.
 """
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -169,19 +168,12 @@ def rechoose_presets(presets: dict, calibration: list[dict]) -> dict:
     return chosen
 
 
-def heldout_figures(score, annotated: list[Recording], background: list[Recording], t: float):
-    """Recall on held-out annotated recordings and false alarms/h on held-out site audio."""
+def held_out(score, annotated: list[Recording], background: list[Recording]) -> tuple[list, list]:
+    """The held-out recordings scored once by one model; figures at any threshold re-merge them."""
     ann = [Scored(r, *score_audio(score, r.audio)) for r in annotated]
-    bg = [Scored(r, *score_audio(score, r.audio)) for r in background]
-    return preset_fields(pooled_row(ann, bg, t))
+    return ann, [Scored(r, *score_audio(score, r.audio)) for r in background]
 
 
-def torch_scorer(detector: UpcallDetector):
-    """Probabilities from the torch model (identical to its export, within 1e-4)."""
-    model = copy.deepcopy(detector).eval()
-
-    @torch.no_grad()
-    def score(windows: np.ndarray) -> np.ndarray:
-        return torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(windows)))).numpy()
-
-    return score
+def heldout_figures(scored: tuple[list, list], t: float) -> dict:
+    """Recall on held-out annotated recordings and false alarms/h on held-out site audio."""
+    return preset_fields(pooled_row(*scored, t))

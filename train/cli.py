@@ -777,8 +777,10 @@ def adapt_cmd(model_path, site_paths, data_paths, holdout, steps, seed, out, cha
 def adaptation_report(presets, new_presets, old_rows, before, after, ann, site_held) -> dict:
     """Before and after, per preset: thresholds, site false alarms on the calibration part, and
     held-out recall and false alarms when recordings were held out."""
-    from train.adapt import heldout_figures
+    from train.adapt import held_out, heldout_figures
 
+    if ann or site_held:  # each model scores the held-out audio once, for every preset
+        held_before, held_after = held_out(before, ann, site_held), held_out(after, ann, site_held)
     old_fa = {r["threshold"]: r["background_false_alarms_per_hour"] for r in old_rows}
     rows, lines = (
         [],
@@ -798,8 +800,8 @@ def adaptation_report(presets, new_presets, old_rows, before, after, ann, site_h
             "calibration_fa_after": new["site_false_alarms_per_hour"],
         }
         if ann or site_held:
-            row["held_out_before"] = heldout_figures(before, ann, site_held, old["threshold"])
-            row["held_out_after"] = heldout_figures(after, ann, site_held, new["threshold"])
+            row["held_out_before"] = heldout_figures(held_before, old["threshold"])
+            row["held_out_after"] = heldout_figures(held_after, new["threshold"])
         rows.append(row)
         hb, ha = row.get("held_out_before", {}), row.get("held_out_after", {})
         lines.append(
