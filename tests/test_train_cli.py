@@ -134,3 +134,20 @@ def test_unwritable_out_or_bad_metrics_card_fail_before_training(tmp_path):
         main, ["evaluate", "--data", str(data.parent), "--out", str(blocker / "sub")]
     )
     assert_one_line(result.exit_code, result.stderr, "--out", "a-file")
+
+
+@pytest.mark.parametrize(
+    "option, values",
+    [("--snr-db", ["10", "-5"]), ("--snr-db", ["nan", "0"]), ("--remix-scale", ["2", "1"])],
+)
+def test_a_recipe_range_out_of_order_fails_before_training(tmp_path, option, values):
+    data = clip(tmp_path / "bg" / "noise.wav", seconds=5)
+    args = ["train", "--steps", "100000", "--data", str(data), "--out", str(tmp_path / "m")]
+    result = CliRunner().invoke(main, [*args, option, *values])
+    assert_one_line(result.exit_code, result.stderr, option)
+
+
+def test_the_snr_range_reaches_the_sampler():
+    from train.cli import recipe_mix
+
+    assert recipe_mix((0.2, 1.5), (-20.0, 0.0)).snr_db == (-20.0, 0.0)

@@ -5,6 +5,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -15,6 +16,9 @@ from detector.errors import WhaleError
 from detector.model import sha256_file
 from train.frontend import FrontEndConfig
 from train.net import TIME_POOL
+
+if TYPE_CHECKING:
+    from train.sampler import Mix
 
 
 def fail(message: str) -> None:
@@ -44,6 +48,14 @@ REMIX_SCALE_OPTION = click.option(
     show_default=True,
     help="Recipe: other background mixed under a real call at this range times the call "
     "window's level.",
+)
+SNR_OPTION = click.option(
+    "--snr-db",
+    type=(float, float),
+    default=(-3.0, 15.0),
+    show_default=True,
+    help="Recipe: broadband SNR range (dB) of the synthetic up-calls mixed into real noise "
+    "(the annotated DCLDE calls measure -1 dB and below, most under -5 dB).",
 )
 NORMALISATION_OPTION = click.option(
     "--normalisation",
@@ -175,6 +187,7 @@ def main() -> None:
     help="Copy held-out metrics from this model card into the new card.",
 )
 @REMIX_SCALE_OPTION
+@SNR_OPTION
 @NORMALISATION_OPTION
 @click.option(
     "--operating-points",
@@ -237,6 +250,7 @@ def train_cmd(
     threshold,
     metrics_from,
     remix_scale,
+    snr_db,
     normalisation,
     operating_points,
     name,
@@ -266,7 +280,7 @@ def train_cmd(
         frontend = FrontEndConfig(
             n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels, normalisation=normalisation
         )
-        mix = recipe_mix(remix_scale)
+        mix = recipe_mix(remix_scale, snr_db)
         with click.progressbar(
             length=steps * members, label="training", file=sys.stderr, item_show_func=lambda x: x
         ) as bar:
@@ -317,14 +331,19 @@ def train_cmd(
         fail(str(e))
 
 
-def recipe_mix(remix_scale: tuple[float, float]):
+def recipe_mix(
+    remix_scale: tuple[float, float], snr_db: tuple[float, float] = (-3.0, 15.0)
+) -> "Mix":
     """The sampler's mix for the recipe options, checked."""
     from train.sampler import Mix
 
     lo, hi = remix_scale
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo <= hi):
         raise WhaleError(f"--remix-scale {lo} {hi}: need 0 <= LOW <= HIGH")
-    return Mix(remix_scale=(lo, hi))
+    quiet, loud = snr_db
+    if not (np.isfinite(quiet) and np.isfinite(loud) and -60 <= quiet <= loud <= 60):
+        raise WhaleError(f"--snr-db {quiet} {loud}: need -60 <= LOW <= HIGH <= 60")
+    return Mix(remix_scale=(lo, hi), snr_db=(quiet, loud))
 
 
 def writable_folder(folder: Path, flag: str) -> None:
@@ -599,6 +618,7 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     help="Models trained at once (processes of one thread each; use the core count).",
 )
 @REMIX_SCALE_OPTION
+@SNR_OPTION
 @NORMALISATION_OPTION
 @click.option(
     "--out",
@@ -617,6 +637,7 @@ def crossval_cmd(
     batch_size,
     jobs,
     remix_scale,
+    snr_db,
     normalisation,
     out,
     channel,
@@ -627,7 +648,7 @@ def crossval_cmd(
     try:
         from train.crossval import load_review, run_crossval
 
-        lo, hi = recipe_mix(remix_scale).remix_scale
+        mix = recipe_mix(remix_scale, snr_db)
         writable_folder(out, "--out")
         spans = load_review(review) if review else {}
         sets = Datasets(list(data_paths), None, channel)
@@ -640,7 +661,7 @@ def crossval_cmd(
         options = {
             "steps": steps,
             "batch_size": batch_size,
-            "mix": {"remix_scale": (lo, hi)},
+            "mix": {"remix_scale": mix.remix_scale, "snr_db": mix.snr_db},
             "frontend": {"normalisation": normalisation},
         }
         run_crossval(
