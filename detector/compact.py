@@ -71,6 +71,7 @@ HEADER_SIZE, STATUS_SIZE, EVENT_SIZE = (sum(f.size for f in t) for t in (HEADER,
 MAX_EVENTS = (MAX_MESSAGE - HEADER_SIZE - STATUS_SIZE) // EVENT_SIZE  # 10
 HAS_STATUS, SOURCE_DOWN = 1, 2  # header flags
 GAP_BEFORE, CLIP = 1, 2  # event flags
+SBD_COUNTERS = ("queued_events", "evicted_events", "failed_sessions")  # the summary's own
 
 
 def station_id(name: str) -> int:
@@ -191,9 +192,6 @@ def encode_status(status: dict, sbd: dict) -> bytes:
     return _pack(STATUS, values)
 
 
-SBD_COUNTERS = ("queued_events", "evicted_events", "failed_sessions")
-
-
 def decode_status(data: bytes) -> dict:
     v = _unpack(STATUS, data)
     level = v.pop("level_dbfs")
@@ -230,18 +228,28 @@ def pack_message(
     return header + summary + b"".join(records)
 
 
-def decode_message(data: bytes) -> list[dict]:
-    """A message as JSON-ready dicts: a `sbd_status` (when it has a summary), then its events;
-    ValueError for anything that is not a whole message of a known version."""
+def message_length(data: bytes) -> int:
+    """The length of the message `data` starts with, from its header (ValueError if none)."""
     if len(data) < HEADER_SIZE or data[:1] != MAGIC:
         raise ValueError("not a whale-listen SBD message (no W header)")
     header = _unpack(HEADER, data[:HEADER_SIZE])
     if header["version"] != VERSION:
         raise ValueError(f"message version {header['version']}: this reader knows {VERSION}")
-    has_status = bool(header["flags"] & HAS_STATUS)
-    expected = HEADER_SIZE + (STATUS_SIZE if has_status else 0) + header["events"] * EVENT_SIZE
+    summary = STATUS_SIZE if header["flags"] & HAS_STATUS else 0
+    length = HEADER_SIZE + summary + header["events"] * EVENT_SIZE
+    if length > MAX_MESSAGE:
+        raise ValueError(f"its header says {header['events']} events: more than a message holds")
+    return length
+
+
+def decode_message(data: bytes) -> list[dict]:
+    """A message as JSON-ready dicts: a `sbd_status` (when it has a summary), then its events;
+    ValueError for anything that is not a whole message of a known version."""
+    expected = message_length(data)
     if len(data) != expected:
         raise ValueError(f"message of {len(data)} bytes, its header says {expected}")
+    header = _unpack(HEADER, data[:HEADER_SIZE])
+    has_status = bool(header["flags"] & HAS_STATUS)
     out = []
     at = HEADER_SIZE
     if has_status:
