@@ -80,7 +80,8 @@ def assert_same(sent: list[dict], got: list[dict], station: int = STATION) -> No
         assert abs(back["score"] - original["score"]) <= 1 / 510 + 1e-4
         assert abs(back["threshold"] - original["threshold"]) <= 1 / 510 + 1e-4
         assert back["windows"] == original["windows"]
-        assert back["run_prefix"] == RUN[:8] and back["model_sha256_prefix"] == SHA[:8]
+        assert back["run_prefix"] == original["run"][:8]
+        assert back["model_sha256_prefix"] == original["model"]["sha256"][:8]
         assert back["gap_before"] == ("gap_before_s" in original)
         assert back["station_id"] == station
 
@@ -240,3 +241,30 @@ def test_times_before_1970_come_back_to_the_millisecond(tmp_path, modem):
     wait_until(lambda: len(sbd.queue) == 0 and modem.delivered)
     sbd.close()
     assert_same(sent, decoded(modem)[1])
+
+
+# -- the daemon ------------------------------------------------------------------------------------
+def test_a_replay_sends_every_logged_event_over_the_modem(tmp_path, modem):
+    """`whale-listen --replay` of the example recording with `--sbd-port` at the pty: what the
+    gateway got, decoded, is the event log (times to the ms, scores to 1/255)."""
+    from detector.eventlog import read_events
+    from detector.model import DEFAULT_MODEL
+    from tests.test_cli import invoke, replay_args
+
+    if not DEFAULT_MODEL.exists():
+        pytest.skip(f"no shipped model at {DEFAULT_MODEL}")
+    recording = Path(__file__).resolve().parents[1] / "examples"
+    recording = recording / "synthetic_upcalls_20261126_120000.flac"
+    log = tmp_path / "events.jsonl"
+    result = invoke(
+        *replay_args(recording, DEFAULT_MODEL, log), "--sbd-port", modem.path,
+        "--sbd-delay", "3600", "--sbd-station-id", STATION, "--linger", "20",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    logged = read_events(log)
+    assert logged, "the example recording holds calls"
+    summaries, got = decoded(modem)
+    assert_same(logged, got)
+    assert len(modem.delivered) == -(-len(logged) // MAX_EVENTS)  # full messages: the delay held
+    assert Path(f"{log}.sbd-queue").exists() and len(SbdQueue(Path(f"{log}.sbd-queue"), 1)) == 0
+    assert "SBD modem on" in result.stderr
