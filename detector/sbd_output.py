@@ -7,8 +7,10 @@ old (or a message's worth are waiting) it packs up to ten with the last heartbea
 one message of at most 340 bytes and sends it; the events leave the queue only when the gateway
 has taken the message. A failed session, or a port that is lost or never opens, is retried after
 RETRY_MIN_S, doubling up to `--sbd-retry-max`, with a line when it starts failing and one when
-messages go again. At exit it sends what is queued, delay ignored, for up to `--linger`; what is
-left waits on disk for the next start.
+messages go again. With `--sbd-heartbeat`, a message with the summary alone goes when no other
+has for that long, so the shore can tell a quiet sea from a dead buoy. At exit it sends what is
+queued, delay ignored, for up to `--linger` (a wait to retry is cut short for one last attempt);
+what is left waits on disk for the next start.
 """
 
 import math
@@ -45,10 +47,11 @@ class SbdOutput(Output):
         retry_max_s: float,
         linger_s: float,
         retry_min_s: float = RETRY_MIN_S,
+        heartbeat_s: float = 0.0,
     ) -> None:
         self.queue, self.open_port, self.port_name = queue, open_port, port_name
         self.station = station
-        self.delay_s, self.linger_s = delay_s, linger_s
+        self.delay_s, self.linger_s, self.heartbeat_s = delay_s, linger_s, heartbeat_s
         self.retry_min_s, self.retry_max_s = min(retry_min_s, retry_max_s), retry_max_s
         self.status: dict | None = None  # the last heartbeat, summarised in each message
         self.port_open = False
@@ -58,8 +61,9 @@ class SbdOutput(Output):
         self.last_mo_status: int | None = None
         self._failures = 0  # attempts in a row that failed: said once, and when it ends
         self._said_full = False
-        self._closing = False
-        self._stop = threading.Event()
+        self._closing = threading.Event()  # send what is queued now, then end
+        self._stop = threading.Event()  # end now
+        self._last_sent = time.monotonic()  # a heartbeat message is due heartbeat_s after it
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="sbd", daemon=True)
         self._thread.start()  # what an earlier run left in the queue goes out now
@@ -104,7 +108,7 @@ class SbdOutput(Output):
         """Send what is queued for up to `linger_s`, then stop; the rest stays on disk."""
         deadline = time.monotonic() + self.linger_s
         with self._wake:
-            self._closing = True
+            self._closing.set()
             self._wake.notify()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         self._stop.set()
@@ -140,8 +144,9 @@ class SbdOutput(Output):
                 self._failed(f"modem on {self.port_name}: {error}")
                 modem, port = None, _close(port)
                 self.port_open = False
-            if self._closing or self._stop.wait(backoff):
-                break  # exiting: no more attempts, the queue keeps the rest
+            if self._closing.is_set():
+                break  # failed while exiting: no more attempts, the queue keeps the rest
+            self._closing.wait(backoff)  # an exit cuts the wait short for one last attempt
             backoff = min(backoff * 2, self.retry_max_s)
         self.port_open = False
         _close(port)
@@ -152,15 +157,26 @@ class SbdOutput(Output):
             while not self._stop.is_set():
                 oldest = self.queue.oldest_at()
                 if oldest is None:
-                    if self._closing:
+                    if self._closing.is_set():
                         return False
-                    self._wake.wait()
+                    beat_in = self._heartbeat_in()
+                    if beat_in is not None and beat_in <= 0:
+                        return True  # a status-only message
+                    self._wake.wait(beat_in)
                     continue
                 due_in = oldest + self.delay_s - time.time()
-                if self._closing or due_in <= 0 or len(self.queue) >= MAX_EVENTS:
+                if self._closing.is_set() or due_in <= 0 or len(self.queue) >= MAX_EVENTS:
                     return True
                 self._wake.wait(due_in)
             return False
+
+    def _heartbeat_in(self) -> float | None:
+        """Seconds to the next status-only message; None without heartbeats (or a status)."""
+        if not self.heartbeat_s:
+            return None
+        if self.status is None:
+            return min(self.heartbeat_s, 1.0)  # look again once the loop's first heartbeat is in
+        return self._last_sent + self.heartbeat_s - time.monotonic()
 
     def _send(self, modem: Modem) -> None:
         batch = self.queue.head(MAX_EVENTS)
@@ -175,6 +191,7 @@ class SbdOutput(Output):
         self.queue.remove([i for i, _ in batch])
         self.sent_messages += 1
         self.sent_events += len(batch)
+        self._last_sent = time.monotonic()
         self.last_mo_status = session.mo_status
         if self._failures:
             say(f"sbd: messages go again (after {self._failures} failed attempt(s))")
@@ -215,5 +232,5 @@ def open_output(settings: Settings) -> SbdOutput:
 
     return SbdOutput(
         queue, open_port, port, station, settings.sbd_delay, settings.sbd_retry_max,
-        settings.linger,
+        settings.linger, heartbeat_s=settings.sbd_heartbeat,
     )  # fmt: skip

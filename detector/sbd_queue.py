@@ -82,6 +82,8 @@ class SbdQueue:
 
     def remove(self, ids: list[int]) -> None:
         """Drop records the gateway has taken (ids evicted meanwhile are simply gone)."""
+        if not ids:
+            return
         with self.lock:
             marks = ",".join("?" * len(ids))  # one statement: one transaction
             self.db.execute(f"DELETE FROM queue WHERE id IN ({marks})", ids)

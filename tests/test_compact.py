@@ -62,6 +62,7 @@ def test_the_readme_tables_are_the_layouts_in_the_code():
     assert f"{EVENT_SIZE}-byte record" in section and f"{STATUS_SIZE}-byte status" in section
     assert f"{HEADER_SIZE + STATUS_SIZE} + {EVENT_SIZE}k" in section
     assert f"at {HEADER_SIZE} + {EVENT_SIZE}k without a summary" in section
+    assert f"summary alone ({HEADER_SIZE + STATUS_SIZE} bytes)" in section
 
 
 def test_an_event_fits_50_bytes_and_ten_with_a_summary_fit_one_message():

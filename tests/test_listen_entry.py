@@ -78,6 +78,7 @@ UNITS = {
     "sbd_queue_max": "count",
     "sbd_station_id": "0-65535",
     "sbd_retry_max": "seconds",
+    "sbd_heartbeat": "seconds",
 }
 
 

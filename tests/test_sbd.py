@@ -268,3 +268,16 @@ def test_a_replay_sends_every_logged_event_over_the_modem(tmp_path, modem):
     assert len(modem.delivered) == -(-len(logged) // MAX_EVENTS)  # full messages: the delay held
     assert Path(f"{log}.sbd-queue").exists() and len(SbdQueue(Path(f"{log}.sbd-queue"), 1)) == 0
     assert "SBD modem on" in result.stderr
+
+
+def test_a_heartbeat_sends_the_summary_alone_when_no_event_has_gone(tmp_path, modem):
+    queue = SbdQueue(tmp_path / "q", 100)
+    sbd = SbdOutput(queue, lambda: serial.Serial(modem.path, 19200, timeout=0.05), modem.path,
+                    STATION, 0.0, 0.2, 1.0, 0.02, heartbeat_s=0.05)  # fmt: skip
+    sbd.on_status({"last_seq": 41, "source_state": "down", "silent_s": 12.5})
+    wait_until(lambda: len(modem.delivered) >= 2)
+    sbd.close()
+    for message in modem.delivered[:2]:
+        (summary,) = decode_message(message)  # no events: the summary alone, 47 bytes
+        assert len(message) == 47 and summary["last_seq"] == 41 and summary["silent_s"] == 12
+        assert summary["source_state"] == "down"

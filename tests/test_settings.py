@@ -73,6 +73,7 @@ def test_config_values_apply(tmp_path):
         sbd_queue_max = 500
         sbd_station_id = 7
         sbd_retry_max = 120
+        sbd_heartbeat = 86400
         """,
     )
     values = load_config(path)
@@ -97,7 +98,7 @@ def test_config_values_apply(tmp_path):
     assert s.stall_timeout == 5.0 and s.blocksize == 400
     assert s.sbd_port == Path("/dev/ttyUSB0") and s.sbd_baud == 9600 and s.sbd_delay == 30.0
     assert s.sbd_queue == Path("/var/lib/whale-listen/sbd.queue") and s.sbd_queue_max == 500
-    assert s.sbd_station_id == 7 and s.sbd_retry_max == 120.0
+    assert s.sbd_station_id == 7 and s.sbd_retry_max == 120.0 and s.sbd_heartbeat == 86400.0
 
 
 def test_defaults():
