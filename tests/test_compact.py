@@ -58,7 +58,7 @@ def test_the_readme_tables_are_the_layouts_in_the_code():
     assert header == layout_rows(compact.HEADER, 0)
     assert status == layout_rows(compact.STATUS, HEADER_SIZE)  # offsets in the message
     assert event == layout_rows(compact.EVENT, 0)
-    section = README.read_text().split(SECTION)[1]
+    section = " ".join(README.read_text().split(SECTION)[1].split())  # lines joined
     assert f"{EVENT_SIZE}-byte record" in section and f"{STATUS_SIZE}-byte status" in section
     assert f"{HEADER_SIZE + STATUS_SIZE} + {EVENT_SIZE}k" in section
     assert f"at {HEADER_SIZE} + {EVENT_SIZE}k without a summary" in section
