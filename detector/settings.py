@@ -291,7 +291,7 @@ OPTIONS: tuple[Option, ...] = (
            "holds (count); a full queue drops its oldest (they stay in the event log).",
            "10000", int, metavar="N"),
     Option("sbd_station_id", None, Number(int, 0, 65535), "SBD: this station's 2-byte id in "
-           "compact events (integer, 0-65535).", "from `--station`", int, metavar="ID"),
+           "compact events (integer, 0-65535).", "from --station", int, metavar="ID"),
     Option("sbd_heartbeat", 0.0, Number(float, 0, 30 * 86400), "SBD: seconds without a "
            "message after which one goes with the status summary alone (0 = never; 86400: one "
            "a day).", "0 (off)", float, metavar="SECONDS"),

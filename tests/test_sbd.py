@@ -2,6 +2,7 @@
 the other end (tests/iridium.py), the queue a real SQLite file."""
 
 import os
+import sys
 import time
 import tty
 from datetime import UTC, datetime
@@ -281,3 +282,23 @@ def test_a_heartbeat_sends_the_summary_alone_when_no_event_has_gone(tmp_path, mo
         (summary,) = decode_message(message)  # no events: the summary alone, 47 bytes
         assert len(message) == 47 and summary["last_seq"] == 41 and summary["silent_s"] == 12
         assert summary["source_state"] == "down"
+
+
+def test_a_queue_that_cannot_be_made_or_no_pyserial_is_one_line_before_any_audio(
+    tmp_path, monkeypatch
+):
+    from detector.model import DEFAULT_MODEL
+    from tests.test_cli import invoke, replay_args
+
+    if not DEFAULT_MODEL.exists():
+        pytest.skip(f"no shipped model at {DEFAULT_MODEL}")
+    recording = Path(__file__).resolve().parents[1] / "examples"
+    args = replay_args(recording / "synthetic_upcalls_20261126_120000.flac", DEFAULT_MODEL,
+                       tmp_path / "events.jsonl", "--sbd-port", "/dev/null")  # fmt: skip
+    result = invoke(*args, "--sbd-queue", tmp_path / "no" / "such" / "dir" / "q")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "cannot open SBD queue" in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.setitem(sys.modules, "serial", None)  # as if the sbd extra were not installed
+    result = invoke(*args)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "pip install 'whale-listen[sbd]'" in result.stderr
