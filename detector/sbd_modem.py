@@ -99,7 +99,10 @@ class Modem:
         session = self.session()
         if not session.delivered:
             raise SessionFailed(session.mo_status)
-        self.command("AT+SBDD0")  # the buffer went: clear it (answers 0, then OK)
+        try:
+            self.command("AT+SBDD0")  # the buffer went: clear it (answers 0, then OK)
+        except ModemError:
+            pass  # delivered all the same, and the next AT+SBDWB overwrites the buffer
         return session
 
     def write_buffer(self, message: bytes) -> None:

@@ -140,10 +140,14 @@ class SbdOutput(Output):
                 self.last_mo_status = failed.mo_status
                 self._failed(str(failed))
             except (ModemError, OSError) as error:  # pyserial's SerialException is an OSError
+                if self._stop.is_set():
+                    break  # cut off at exit: not the modem's fault
                 self.modem_errors += 1
                 self._failed(f"modem on {self.port_name}: {error}")
                 modem, port = None, _close(port)
                 self.port_open = False
+            except Exception as error:  # noqa: BLE001 - the queue's disk: retried, never fatal
+                self._failed(f"{type(error).__name__}: {error}")
             if self._closing.is_set():
                 break  # failed while exiting: no more attempts, the queue keeps the rest
             self._closing.wait(backoff)  # an exit cuts the wait short for one last attempt
@@ -164,7 +168,8 @@ class SbdOutput(Output):
                         return True  # a status-only message
                     self._wake.wait(beat_in)
                     continue
-                due_in = oldest + self.delay_s - time.time()
+                # at most the delay: a wall clock set back must not hold the queue for hours
+                due_in = min(oldest + self.delay_s - time.time(), self.delay_s)
                 if self._closing.is_set() or due_in <= 0 or len(self.queue) >= MAX_EVENTS:
                     return True
                 self._wake.wait(due_in)
