@@ -175,6 +175,24 @@ def test_a_full_queue_drops_its_oldest_and_counts_them(tmp_path, modem):
     assert summaries[0]["evicted_events"] == 3 and summaries[0]["last_seq"] == 8
 
 
+def test_a_queue_that_fills_while_the_link_is_down_sends_the_newest_once_it_is_up(tmp_path, modem):
+    modem.down = True
+    sbd = open_sbd(modem, tmp_path / "q", max_events=5)
+    sbd.on_status({"last_seq": 8, "source_state": "up"})
+    for event in events(1, 8):
+        sbd.on_event(event)
+    tried = len(modem.sessions)
+    # two more failed sessions: the one then in flight was packed after the last put
+    wait_until(lambda: len(modem.sessions) >= tried + 2)
+    modem.down = False
+    wait_until(lambda: len(sbd.queue) == 0)
+    counters = sbd.counters()
+    sbd.close()
+    summaries, got = decoded(modem)
+    assert_same(events(4, 5), got)
+    assert summaries[-1]["evicted_events"] == 3 and counters["failed_sessions"] >= 2
+
+
 def test_a_port_that_is_not_there_blocks_nothing_and_keeps_the_events(tmp_path):
     def open_port():
         return serial.Serial(str(tmp_path / "no-such-tty"), 19200, timeout=0.05)
