@@ -1,13 +1,14 @@
 """Compact events for a satellite link: an event in 29 bytes, up to ten of them (plus a status
 summary) in one Iridium SBD message of at most 340 bytes.
 
-A JSON event is ~400 bytes and Iridium bills per message, so the link carries fixed-size binary
+A JSON event is ~500 bytes and Iridium bills per message, so the link carries fixed-size binary
 records instead. Each layout below is declared once, as a tuple of `Field`s (the README's tables
 are tested against them); every integer is unsigned big-endian unless marked signed. A message
 starts with the magic byte `W` and a version byte: a reader refuses a version it does not know.
 What is lost against JSON: the event's uuid (the buoy's log finds it by station and seq), the
 station's name (a 2-byte id), the run and model hashes beyond their first 4 bytes, the offsets
-from the stream's start, the peak's position, the gap's length, the clip's path and the source.
+from the stream's start, the peak's position, the gap's length, the clip's path, the source
+and the model's name.
 """
 
 import hashlib

@@ -1,10 +1,10 @@
 """`whale-listen decode FILE|-`: compact SBD messages back to JSON lines, on shore.
 
-Iridium delivers a mobile-originated message as a binary attachment (`.sbd`, by e-mail or
-DirectIP) or as hex text (a RockBLOCK-style web hook's `data`). Either is read: input that is
-printable ASCII text is hex, one message a line; anything else is binary (a message's second
-byte, its version, is never printable), one message or several back to back (`cat *.sbd`:
-each header says how long its message is).
+Iridium delivers a mobile-originated message's bytes as an e-mail attachment (`.sbd`) or a
+DirectIP payload, and some providers as hex text (a RockBLOCK-style web hook's `data`). Either
+is read: input that is printable ASCII text is hex, one message a line; anything else is binary
+(a message's second byte, its version, is never printable), one message or several back to back
+(`cat *.sbd`: each header says how long its message is).
 """
 
 import json
