@@ -80,7 +80,7 @@ class Event(_Record):
 class Status(_Record):
     """The heartbeat: the loop's counters, the source's state, and the outputs' own fields."""
 
-    OPTIONAL = ("clock_resets", "clock_drift_s", "zmq_dropped", "catchup", "clips", "mqtt")
+    OPTIONAL = ("clock_resets", "clock_drift_s", "zmq_dropped", "catchup", "clips", "mqtt", "sbd")
 
     schema: int = SCHEMA
     type: str = STATUS_TYPE
@@ -109,6 +109,7 @@ class Status(_Record):
     catchup: str | None = None  # the ZeroMQ output's catch-up endpoint, as bound
     clips: dict | None = None  # the clip output's
     mqtt: dict | None = None  # the MQTT output's
+    sbd: dict | None = None  # the Iridium SBD output's
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -276,6 +276,28 @@ OPTIONS: tuple[Option, ...] = (
            click_type=DIRECTORY, output="detector.clip_output", metavar="DIR"),
     Option("min_free_mb", 100.0, Number(float, 0), "Skip clips when the disk has less free space "
            "than this (MiB).", "100", float, metavar="MIB"),
+    Option("sbd_port", None, _path_or_none, "Also send compact events over an Iridium SBD "
+           "modem (9602/9603) on this serial port; needs the sbd extra.", "off",
+           click_type=FILE, output="detector.sbd_output", metavar="DEVICE"),
+    Option("sbd_baud", 19200, Number(int, 1200, 460800), "SBD modem: serial line speed (baud).",
+           "19200", int, metavar="BAUD"),
+    Option("sbd_delay", 60.0, Number(float, 0, 86400), "SBD: seconds to wait after an event "
+           "for more before sending a message (batching; a full message goes at once).", "60",
+           float, metavar="SECONDS"),
+    Option("sbd_queue", None, _path_or_none, "SBD: the queue file on disk (SQLite) of events "
+           "waiting for the satellite.", "`EVENTS_LOG.sbd-queue`", click_type=FILE,
+           metavar="FILE"),
+    Option("sbd_queue_max", 10000, Number(int, 1, 10_000_000), "SBD: most events the queue "
+           "holds (count); a full queue drops its oldest (they stay in the event log).",
+           "10000", int, metavar="N"),
+    Option("sbd_station_id", None, Number(int, 0, 65535), "SBD: this station's 2-byte id in "
+           "compact events (integer, 0-65535).", "from --station", int, metavar="ID"),
+    Option("sbd_heartbeat", 0.0, Number(float, 0, 30 * 86400), "SBD: seconds without a "
+           "message after which one goes with the status summary alone (0 = never; 86400: one "
+           "a day).", "0 (off)", float, metavar="SECONDS"),
+    Option("sbd_retry_max", 600.0, Number(float, 1, 86400), "SBD: longest wait, in seconds, "
+           "between attempts after failed sessions (from 10 s, doubling).", "600", float,
+           metavar="SECONDS"),
     Option("stall_timeout", 10.0, Number(float, 0, 3600, lo_open=True), "Device: seconds "
            "without audio before the card counts as down.", "10", float, metavar="SECONDS"),
     Option("retry_max", 30.0, Number(float, 0, 86400, lo_open=True), "Device: longest wait, in "

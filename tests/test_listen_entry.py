@@ -73,6 +73,12 @@ UNITS = {
     "stall_timeout": "seconds",
     "retry_max": "seconds",
     "blocksize": "frames",
+    "sbd_baud": "baud",
+    "sbd_delay": "seconds",
+    "sbd_queue_max": "count",
+    "sbd_station_id": "0-65535",
+    "sbd_retry_max": "seconds",
+    "sbd_heartbeat": "seconds",
 }
 
 

@@ -66,6 +66,14 @@ def test_config_values_apply(tmp_path):
         retry_max = 60
         stall_timeout = 5
         blocksize = 400
+        sbd_port = "/dev/ttyUSB0"
+        sbd_baud = 9600
+        sbd_delay = 30
+        sbd_queue = "/var/lib/whale-listen/sbd.queue"
+        sbd_queue_max = 500
+        sbd_station_id = 7
+        sbd_retry_max = 120
+        sbd_heartbeat = 86400
         """,
     )
     values = load_config(path)
@@ -88,6 +96,9 @@ def test_config_values_apply(tmp_path):
     assert s.metrics_textfile == Path("/var/lib/node_exporter/textfile_collector/whale-listen.prom")
     assert s.min_free_mb == 500 and s.retry_max == 60
     assert s.stall_timeout == 5.0 and s.blocksize == 400
+    assert s.sbd_port == Path("/dev/ttyUSB0") and s.sbd_baud == 9600 and s.sbd_delay == 30.0
+    assert s.sbd_queue == Path("/var/lib/whale-listen/sbd.queue") and s.sbd_queue_max == 500
+    assert s.sbd_station_id == 7 and s.sbd_retry_max == 120.0 and s.sbd_heartbeat == 86400.0
 
 
 def test_defaults():
@@ -138,6 +149,9 @@ def test_times_without_zone_are_utc_and_a_single_endpoint_is_a_list(tmp_path):
         ('mqtt = "http://shore/t"', "mqtt"),
         ('mqtt = "mqtt://shore"', "mqtt"),
         ("metrics_port = 70000", "metrics_port"),
+        ("sbd_station_id = 65536", "sbd_station_id"),
+        ("sbd_queue_max = 0", "sbd_queue_max"),
+        ("sbd_delay = -1", "sbd_delay"),
     ],
 )
 def test_bad_value_names_key_and_file(tmp_path, line, key):
