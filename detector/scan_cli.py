@@ -147,11 +147,12 @@ def _scan(
     quiet: bool,
     daemon: dict,
 ) -> int:
+    from detector.errors import UsageError
     from detector.journal import configure, say
     from detector.model import card_path, load_model
     from detector.presets import choose_threshold
     from detector.scan import StartTimePattern, discover
-    from detector.scan_dask import open_client, worker_count
+    from detector.scan_dask import check_scheduler, open_client, worker_count
     from detector.scan_output import choose_format, require_pyarrow, rows_path
     from detector.scan_progress import ScanProgress
     from detector.scan_run import Tally, Writer, plan, run_scan, summary
@@ -161,6 +162,11 @@ def _scan(
 
     configure()
     started = time.monotonic()
+    if scheduler is not None and workers is not None:
+        raise UsageError("--workers sizes the local cluster; with --scheduler the cluster's own "
+                         "workers run the scan")  # fmt: skip
+    if scheduler is not None:
+        check_scheduler(scheduler)
     settings = _settings(daemon)
     fmt = choose_format(out, fmt)
     if fmt == "parquet":
@@ -176,6 +182,7 @@ def _scan(
     fingerprint = {"model": model.sha256, "threshold": threshold, "hop": job.window_hop,
                    "channel": job.channel}  # fmt: skip
     out = Path(os.path.abspath(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
     state = ScanState(state_path or default_state_path(out), out, fmt)
     rows_file = _open_rows(rows_path(out, fmt), fmt, state)
     tally = Tally()

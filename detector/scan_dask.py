@@ -7,6 +7,7 @@ each, the audio at the same paths). dask.distributed is the `scan` extra, import
 """
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,6 +15,14 @@ from detector.errors import UsageError, WhaleError
 
 CONNECT_TIMEOUT_S = 30
 WORKER_WAIT_S = 60
+_ADDRESS = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s/]+:\d{1,5}$")
+
+
+def check_scheduler(address: str) -> str:
+    """A Dask scheduler address, `tcp://HOST:PORT` (or tls://...), checked before any work."""
+    if not _ADDRESS.match(address):
+        raise UsageError(f"--scheduler {ascii(address)} is not an address like tcp://HOST:8786")
+    return address
 
 
 def _distributed() -> object:
@@ -47,7 +56,7 @@ def open_client(workers: int, scheduler: str | None) -> Iterator[object]:
         else:
             client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S)
             client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-    except (OSError, TimeoutError) as e:
+    except (OSError, TimeoutError, ValueError) as e:
         if cluster is not None:
             cluster.close()
         where = f"the Dask scheduler {scheduler}" if scheduler else "a local Dask cluster"

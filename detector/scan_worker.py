@@ -12,6 +12,8 @@ private folder and keeps the loaded model for every later task. The audio does n
 worker opens the file at its path (on a cluster, a shared file system).
 """
 
+import atexit
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -110,6 +112,7 @@ def worker_model(files: ModelFiles) -> Model:
     model = _MODELS.get(files.sha256)
     if model is None:
         folder = Path(tempfile.mkdtemp(prefix="whale-listen-model-"))
+        atexit.register(shutil.rmtree, folder, True)
         for name, data in files.files.items():
             (folder / name).write_bytes(data)
         model = load_model(folder / files.name, provider="cpu", threads=1)

@@ -56,7 +56,7 @@ def _calls(path: Path, seconds: float, seed: int, rate: int = 2000, fmt: str | N
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Short recordings in every format the replay reads, in sub-folders, with a corrupt file,
-    a truncated one, a file without a start time, and a text file the folder walk leaves out."""
+    a truncated one, a silent one, one without a start time, and a text file the walk skips."""
     root = tmp_path_factory.mktemp("archive")
     (root / "day1").mkdir()
     (root / "day2" / "deep").mkdir(parents=True)
@@ -68,6 +68,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = cut.read_bytes()
     cut.write_bytes(data[: WAV_HEADER + (len(data) - WAV_HEADER) * 3 // 4])  # a recorder died
     (root / "day2" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all")
+    sf.write(root / "day2" / "silent.wav", np.zeros(20 * 2000, np.float32), 2000)  # dead preamp
     (root / "day1" / "notes.txt").write_text("not audio: the folder walk leaves it out\n")
     return root
 
@@ -219,16 +220,17 @@ def test_local_scan_gives_each_files_replay_events(local_scan, archive, shipped_
     result, out = local_scan
     assert result.exit_code == EX_SOME_FAILED, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 2  # one line per bad file
+    assert len(errors) == 3  # one line per bad file
     assert any("broken.wav" in line for line in errors)
+    assert any("silent.wav" in line and "digital silence" in line for line in errors)
     assert any("EST_20090329_001500.wav" in line and "truncated" in line for line in errors)
-    assert "6 file(s): 4 read, 2 failed, 0 done before" in result.stderr.splitlines()[-1]
+    assert "7 file(s): 4 read, 3 failed, 0 done before" in result.stderr.splitlines()[-1]
     events = read_events(out)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     state = out.with_name(out.name + ".scan-state.jsonl")
     done = {line["path"]: line for line in _done_lines(state)}
     for recording in sorted(archive.rglob("*.*")):
-        if recording.suffix == ".txt" or recording.name == "broken.wav":
+        if recording.suffix == ".txt" or recording.name in ("broken.wav", "silent.wav"):
             continue
         replayed = _replay(recording, shipped_model, tmp_path / f"{recording.stem}.jsonl")
         scanned = [e for e in events if e["source"] == str(recording)]
@@ -292,12 +294,15 @@ def test_rows_a_crash_left_unrecorded_are_cut_and_that_file_scanned_once(
         f.write('{"half": "a row')
     result = _invoke(archive, *_scan_args(shipped_model, out, "--workers", 1))
     assert result.exit_code == EX_SOME_FAILED, result.stderr
-    assert "1 to do (4 done before)" in result.stderr  # that file (the broken one fails first)
+    # that file, and the silent one (failed without an event: retried); broken.wav fails first
+    assert "2 to do (4 done before)" in result.stderr
     after = read_events(out)
     assert sorted(map(_compared, after)) == sorted(map(_compared, read_events(local_out)))
     assert [e["seq"] for e in after] == list(range(1, len(after) + 1))
-    counted = [line["path"] for line in _done_lines(state)]
+    counted = [line["path"] for line in _done_lines(state) if line["events"]]
     assert counted.count(last["path"]) == 1 and len(counted) == len(set(counted))
+    silent = [line for line in _done_lines(state) if line["path"].endswith("silent.wav")]
+    assert len(silent) == 2 and not any(line["events"] for line in silent)  # retried, no rows
 
 
 def test_killed_scan_resumes_without_doing_a_file_twice(archive, shipped_model, tmp_path):
