@@ -193,6 +193,7 @@ def report(rows: list, tiny: dict, note: str, rate: float, load_start: str, load
         "",
         *table,
         "",
+        *busy_note(load_start),
         f"Per-task overhead ({TINY_FILES} files of {TINY_S} s, where scoring is almost "
         f"nothing): {tiny['tiny in-process'] * 1000:.0f} ms per file in-process (opening, "
         f"one window batch), {tiny['tiny 1 worker'] * 1000:.0f} ms per file through a 1-worker "
@@ -216,6 +217,24 @@ def report(rows: list, tiny: dict, note: str, rate: float, load_start: str, load
         END,
     ]
     return "\n".join(lines) + "\n"
+
+
+def busy_note(load: str) -> list[str]:
+    """Said when the machine was already busier than its cores: workers then only compete."""
+    try:
+        first = float(load.split()[0])
+    except (ValueError, IndexError):
+        return []
+    cores = os.cpu_count() or 1
+    if first <= cores:
+        return []
+    return [
+        f"The {cores} cores were oversubscribed before the benchmark started (load {first:g}): "
+        f"a second worker only competed with the other work, so the 1- and 2-worker rows do "
+        f"not show how a scan scales; the per-task overhead and the single-core rate are the "
+        f"figures to carry to a cluster, the latter a low bound.",
+        "",
+    ]
 
 
 def replace_section(path: Path, text: str) -> None:

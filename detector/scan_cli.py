@@ -183,7 +183,9 @@ def _scan(
                    "channel": job.channel}  # fmt: skip
     out = Path(os.path.abspath(out))
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = ScanState(state_path or default_state_path(out), out, fmt)
+    state_path = state_path or default_state_path(out)
+    _refuse_foreign_output(rows_path(out, fmt), state_path, fmt)
+    state = ScanState(state_path, out, fmt)
     rows_file = _open_rows(rows_path(out, fmt), fmt, state)
     tally = Tally()
     interrupted, workers_used, progress = None, 0, None
@@ -220,6 +222,21 @@ def _scan(
     return EX_SOME_FAILED if tally.failed else 0
 
 
+def _refuse_foreign_output(path: Path, state_path: Path, fmt: str) -> None:
+    """An output with rows but no state (another scan's table, someone's file) is never
+    overwritten; one holding only its header (a scan stopped before it began) is."""
+    from detector.errors import UsageError
+    from detector.scan_output import header
+
+    if state_path.exists() and state_path.stat().st_size:
+        return
+    if path.exists() and path.stat().st_size and path.read_bytes() != header(fmt):
+        raise UsageError(
+            f"{path} exists and no scan state says what is in it ({state_path}): give a new "
+            f"--out, or move it away"
+        )
+
+
 def _open_rows(path: Path, fmt: str, state: object) -> object:
     """The rows file, cut back to what the state has recorded (a crash after a file's rows were
     written but before its `done` line), or started with its header."""
@@ -228,11 +245,6 @@ def _open_rows(path: Path, fmt: str, state: object) -> object:
 
     if state.fresh:
         head = header(fmt)
-        if path.exists() and path.stat().st_size and path.read_bytes() != head:
-            raise UsageError(
-                f"{path} exists and no scan state says what is in it ({state.path}): give a "
-                f"new --out, or move it away"
-            )
         rows_file = RowsFile(path)
         rows_file.cut(0)
         if head:

@@ -15,7 +15,7 @@ from pathlib import Path
 from detector.audio import audio_info
 from detector.constants import SAMPLE_RATE
 from detector.errors import WhaleError
-from detector.journal import log
+from detector.journal import log, say
 from detector.scan import FileKey, StartTimePattern, start_time
 from detector.scan_output import RowsFile, rows
 from detector.scan_progress import ScanProgress
@@ -165,6 +165,8 @@ def record(
     tally.audio_s += result.samples / SAMPLE_RATE
     tally.events += len(result.events)
     tally.task_s += result.task_s
+    if result.note is not None:
+        say(result.note)
     if result.error is not None:
         _failed(tally, result.error)
     else:

@@ -13,15 +13,19 @@ worker opens the file at its path (on a cluster, a shared file system).
 """
 
 import atexit
+import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from detector.errors import WhaleError
+from detector.journal import log as journal
 from detector.model import Model, card_path, load_model
 from detector.pipeline import Listener
 from detector.replay import ReplaySource
@@ -127,7 +131,8 @@ def scan_file(task: FileTask, job: ScanJob, files: ModelFiles) -> FileResult:
     started = time.monotonic()
     result = FileResult(task.path, [])
     try:
-        _score(task, job, worker_model(files), result)
+        with _journal_quiet():
+            _score(task, job, worker_model(files), result)
     except WhaleError as e:
         result.error = str(e)
     except Exception as e:  # noqa: BLE001 - one bad file must never stop the scan
@@ -168,6 +173,18 @@ def _score(task: FileTask, job: ScanJob, model: Model, result: FileResult) -> No
     result.windows = listener.counters.windows
     if error is not None:
         result.error = str(error) if isinstance(error, WhaleError) else f"{task.path}: {error}"
+
+
+@contextmanager
+def _journal_quiet() -> Iterator[None]:
+    """The listener's own notes (digital silence for 10 s, ...) stay off the worker's stderr:
+    what matters about a file comes back in its result, said once by the client."""
+    level = journal.level
+    journal.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        journal.setLevel(level)
 
 
 def _timeless(event: dict) -> dict:

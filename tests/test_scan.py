@@ -369,3 +369,13 @@ def test_scan_of_the_shared_data_matches_replaying_each_file(shipped_model, tmp_
         if start_time(recording, None) is None:  # the replay counts from now, the scan not
             replayed = [{**e, "start": None, "end": None} for e in replayed]
         assert [_compared(e) for e in scanned] == [_compared(e) for e in replayed], recording
+
+
+def test_an_output_without_its_state_is_refused_not_overwritten(archive, shipped_model, tmp_path):
+    out = tmp_path / "events.csv"
+    out.write_text("someone's table\n")
+    result = _invoke(archive, *_scan_args(shipped_model, out))
+    assert result.exit_code == EX_USAGE
+    assert "no scan state" in result.stderr and result.stderr.count("\n") == 1
+    assert out.read_text() == "someone's table\n"
+    assert not (tmp_path / "events.csv.scan-state.jsonl").exists()
