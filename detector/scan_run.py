@@ -106,6 +106,7 @@ class Writer:
             "events": len(events),
             "last_seq": self.seq,
             "error": result.error,
+            "worker": result.worker,
         }
         self.state.commit(planned.key, self.fingerprint, counts, end)
 

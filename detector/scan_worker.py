@@ -81,6 +81,7 @@ class FileResult:
     error: str | None = None  # one line; events before it (a truncated file) are kept
     note: str | None = None  # e.g. shorter than one window
     task_s: float = 0.0  # wall time on the worker, model loading included
+    worker: str | None = None  # the Dask worker's address (None: run in-process)
 
 
 class HeldEvents:
@@ -138,7 +139,18 @@ def scan_file(task: FileTask, job: ScanJob, files: ModelFiles) -> FileResult:
     except Exception as e:  # noqa: BLE001 - one bad file must never stop the scan
         result.error = f"{task.path}: {type(e).__name__}: {e}"
     result.task_s = time.monotonic() - started
+    result.worker = _worker_address()
     return result
+
+
+def _worker_address() -> str | None:
+    """Which worker scored the file, for the state's record (None outside a Dask worker)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
 
 
 def _score(task: FileTask, job: ScanJob, model: Model, result: FileResult) -> None:
