@@ -156,7 +156,6 @@ def _scan(
     from detector.scan_output import choose_format, require_pyarrow, rows_path
     from detector.scan_progress import ScanProgress
     from detector.scan_run import Tally, Writer, plan, run_scan, summary
-    from detector.scan_state import ScanState, default_state_path
     from detector.scan_worker import ModelFiles, ScanJob
     from detector.settings import window_hop_samples
 
@@ -182,11 +181,7 @@ def _scan(
     fingerprint = {"model": model.sha256, "threshold": threshold, "hop": job.window_hop,
                    "channel": job.channel}  # fmt: skip
     out = Path(os.path.abspath(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state_path = state_path or default_state_path(out)
-    _refuse_foreign_output(rows_path(out, fmt), state_path, fmt)
-    state = ScanState(state_path, out, fmt)
-    rows_file = _open_rows(rows_path(out, fmt), fmt, state)
+    state, rows_file = _open_output(out, fmt, state_path)
     tally = Tally()
     interrupted, workers_used, progress = None, 0, None
     try:
@@ -220,6 +215,22 @@ def _scan(
     if interrupted is not None:
         return 128 + signal.Signals[interrupted].value
     return EX_SOME_FAILED if tally.failed else 0
+
+
+def _open_output(out: Path, fmt: str, state_path: Path | None) -> tuple[object, object]:
+    """The resume state and the rows file, made consistent with each other (see _open_rows)."""
+    from detector.scan_output import rows_path
+    from detector.scan_state import ScanState, default_state_path
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state_path = state_path or default_state_path(out)
+    _refuse_foreign_output(rows_path(out, fmt), state_path, fmt)
+    state = ScanState(state_path, out, fmt)
+    try:
+        return state, _open_rows(rows_path(out, fmt), fmt, state)
+    except BaseException:
+        state.close()
+        raise
 
 
 def _refuse_foreign_output(path: Path, state_path: Path, fmt: str) -> None:
