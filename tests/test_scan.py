@@ -313,36 +313,58 @@ def test_rows_a_crash_left_unrecorded_are_cut_and_that_file_scanned_once(
     assert len(silent) == 2 and not any(line["events"] for line in silent)  # retried, no rows
 
 
-def test_killed_scan_resumes_without_doing_a_file_twice(archive, shipped_model, tmp_path):
-    folder = tmp_path / "archive"
-    shutil.copytree(archive / "day1", folder, ignore=shutil.ignore_patterns("*.txt"))
-    for k in range(4):
-        _calls(folder / f"b{k}_20090330_00{k}000.wav", 20, 10 + k)
-    _calls(folder / "z_20090331_000000.wav", 1200, 20)  # last: the scan is still busy with it
-    out, state = tmp_path / "events.csv", tmp_path / "events.csv.scan-state.jsonl"
-    args = [*cli_command(), "scan", folder, *_scan_args(shipped_model, out, "--workers", 1)]
-    proc = subprocess.Popen(list(map(str, args)), start_new_session=True, env=_env(),
+def _interrupt_when(args: list[str], state: Path, done: int, how: str) -> tuple[int, str]:
+    """Run the scan CLI and stop it once the state records `done` files: SIGTERM to the client
+    (a clean stop), or SIGKILL to it and its worker processes (a crash): (status, stderr)."""
+    proc = subprocess.Popen(args, start_new_session=True, env=_env(),
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if state.exists() and len(_done_lines(state)) >= 2:
+            if state.exists() and len(_done_lines(state)) >= done:
                 break
             time.sleep(0.01)
         assert proc.poll() is None, proc.stderr.read()
-        os.killpg(proc.pid, signal.SIGKILL)  # the client and its worker processes, mid-scan
+        if how == "SIGKILL":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=60)
+        stderr = proc.stderr.read()
     finally:
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         proc.stderr.close()
-    first = _done_lines(state)
-    assert 2 <= len(first) < 7
-    again = subprocess.run(
-        list(map(str, args)), stderr=subprocess.PIPE, text=True, timeout=300, env=_env()
-    )
+    return status, stderr
+
+
+def test_interrupted_and_killed_scans_resume_without_doing_a_file_twice(
+    archive, shipped_model, tmp_path
+):
+    folder = tmp_path / "archive"
+    shutil.copytree(archive / "day1", folder, ignore=shutil.ignore_patterns("*.txt"))
+    for k in range(4):
+        _calls(folder / f"b{k}_20090330_00{k}000.wav", 20, 10 + k)
+    for name in ("y", "z"):  # last, and long: each run is still busy when it is stopped
+        _calls(folder / f"{name}_20090331_000000.wav", 1200, ord(name))
+    out, state = tmp_path / "events.csv", tmp_path / "events.csv.scan-state.jsonl"
+    args = [*cli_command(), "scan", folder, *_scan_args(shipped_model, out, "--workers", 1)]
+    args = list(map(str, args))
+    status, stderr = _interrupt_when(args, state, 2, "SIGTERM")
+    assert status == 128 + signal.SIGTERM, stderr
+    assert "scan interrupted by SIGTERM: run it again to resume" in stderr
+    first = len(_done_lines(state))
+    assert 2 <= first < 8
+    _, stderr = _interrupt_when(args, state, first + 1, "SIGKILL")  # client and its workers
+    assert f"({first} done before)" in stderr
+    second = len(_done_lines(state))
+    assert first < second < 8
+    again = subprocess.run(args, stderr=subprocess.PIPE, text=True, timeout=300, env=_env())
     assert again.returncode == 0, again.stderr
-    assert f"({len(first)} done before)" in again.stderr
+    assert f"({second} done before)" in again.stderr
     paths = [line["path"] for line in _done_lines(state)]
-    assert sorted(paths) == sorted(set(paths)) and len(paths) == 7  # every file, once
+    assert sorted(paths) == sorted(set(paths)) and len(paths) == 8  # every file, once
     import csv
 
     with open(out, newline="") as f:
