@@ -89,28 +89,41 @@ def events_to_raven(
             path, seconds = (files or {}).get(source) or file_seconds(source, base)
             begins[source] = (path, total)
             total += seconds
-    lines = ["\t".join(COLUMNS + (MULTI_FILE_COLUMNS if several else []))]
+    lines = [header_line(several)]
     for number, event in enumerate(upcalls, start=1):
-        label = f"{where} {number} (id {event.get('id', '?')})"
-        begin = _number(event, "offset_start_s", label)
-        end = _number(event, "offset_end_s", label)
-        score = _number(event, "score", label)
         source = str(event.get("source", ""))
         path, before = begins.get(source, (None, 0.0))
-        row = [
-            str(number),
-            VIEW,
-            str(CHANNEL),
-            f"{before + begin:.3f}",
-            f"{before + end:.3f}",
-            f"{LOW_FREQ_HZ:.1f}",
-            f"{HIGH_FREQ_HZ:.1f}",
-            f"{score:.4f}",
-        ]
-        if several:
-            row += [str(path), f"{begin:.3f}", _file_name(source)]
-        lines.append("\t".join(row))
+        label = f"{where} {number} (id {event.get('id', '?')})"
+        lines.append(selection_line(number, event, label, before, path if several else None))
     return "\n".join(lines) + "\n"
+
+
+def header_line(several: bool) -> str:
+    """The table's first line; `several`: with the multi-file columns."""
+    return "\t".join(COLUMNS + (MULTI_FILE_COLUMNS if several else []))
+
+
+def selection_line(
+    number: int, event: dict, label: str, before: float = 0.0, path: Path | str | None = None
+) -> str:
+    """One selection: an event `before` seconds into the file sequence; with `path` (a table
+    of several files), the multi-file columns saying which file and where in it."""
+    begin = _number(event, "offset_start_s", label)
+    end = _number(event, "offset_end_s", label)
+    score = _number(event, "score", label)
+    row = [
+        str(number),
+        VIEW,
+        str(CHANNEL),
+        f"{before + begin:.3f}",
+        f"{before + end:.3f}",
+        f"{LOW_FREQ_HZ:.1f}",
+        f"{HIGH_FREQ_HZ:.1f}",
+        f"{score:.4f}",
+    ]
+    if path is not None:
+        row += [str(path), f"{begin:.3f}", _file_name(str(event.get("source", "")))]
+    return "\t".join(row)
 
 
 def default_output(events_log: Path) -> Path:
