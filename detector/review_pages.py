@@ -41,7 +41,8 @@ function selected() { return rows().findIndex(r => r.classList.contains("selecte
 function go(id) { const a = document.getElementById(id); if (a && a.href) location.href = a.href; }
 function setSpeed(player, speed) {
   if (!player) return;
-  player.src = player.dataset.base + "?speed=" + speed;
+  const src = player.dataset.base + "?speed=" + speed;
+  if (!player.src.endsWith(src)) player.src = src;  // a new speed: a new WAV
   localStorage.setItem("speed", speed);
   const menu = document.getElementById("speed");
   if (menu) menu.value = speed;
