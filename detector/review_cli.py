@@ -49,7 +49,7 @@ def existing_db(path: Path) -> Path:
     return path
 
 
-@click.command("review", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("review")
 @click.option(
     "--db",
     required=True,

@@ -421,3 +421,53 @@ def test_export_summary_counts_reviewed_events_without_a_clip(shore, tmp_path):
     conn.close()
     summary = review_export.export(rows, tmp_path / "l.csv", tmp_path)  # a folder without clips
     assert summary.no_clip == 1 and "left out" in summary.describe()
+
+
+# -- whale-train's side: the loaders and the sampler ----------------------------------------------
+def test_not_rows_are_rejected_spans_and_unsure_rows_are_left_out(tmp_path):
+    pytest.importorskip("librosa", reason="whale-train's data loaders need the train extra")
+    from train.data import load_labels
+
+    table = tmp_path / "labels.csv"
+    table.write_text(
+        "filename,start,end,label,event_id\n"
+        "a.flac,1.0,3.0,upcall,ida\nb.flac,1.0,2.5,not-upcall,idb\nc.flac,1.0,3.0,unsure,idc\n"
+    )
+    labels = load_labels(table)
+    assert set(labels) == {"a.flac", "b.flac"}  # c: no evidence either way
+    assert (labels["a.flac"].calls, labels["a.flac"].rejected) == ([(1.0, 3.0)], [])
+    assert (labels["b.flac"].calls, labels["b.flac"].rejected) == ([], [(1.0, 2.5)])
+    assert labels["a.flac"].reviewed and labels["b.flac"].reviewed
+    plain = tmp_path / "plain.csv"
+    plain.write_text("filename,start,end,label\na.wav,1,2,upcall\n")
+    assert not load_labels(plain)["a.wav"].reviewed  # no event_id column: not from review
+    raven = tmp_path / "labels.txt"
+    raven.write_text(
+        "Selection\tBegin Time (s)\tEnd Time (s)\tBegin Path\tBegin File\tFile Offset (s)"
+        "\tVerdict\n"
+        "1\t1.0\t3.0\t/x/a.flac\ta.flac\t1.0\tupcall\n2\t5.0\t6.5\t/x/b.flac\tb.flac\t1.0\tnot-upcall\n"
+    )
+    labels = load_labels(raven)
+    assert labels["/x/a.flac"].calls == [(1.0, 3.0)]
+    assert labels["/x/b.flac"].rejected == [(1.0, 2.5)]  # times from the file offset
+
+
+def test_rejected_spans_are_drawn_as_hard_negatives(tmp_path):
+    import numpy as np
+
+    from train.data import Recording
+    from train.sampler import WindowSampler, rejected_starts
+
+    rng = np.random.default_rng(2)
+    clip = Recording(
+        tmp_path / "r.flac", rng.normal(size=8000).astype(np.float32), [], [(1.0, 3.0)]
+    )
+    starts = rejected_starts(clip, 250)
+    assert list(starts) == list(range(0, 4001, 250))  # every window centred in 1-3 s
+    assert list(rejected_starts(Recording(clip.path, clip.audio, []), 250)) == []
+    sampler = WindowSampler([clip], seed=3)
+    drawn = []
+    sampler.rejected_negative = lambda: drawn.append(1) or np.zeros(4000)  # count the draws
+    for _ in range(400):
+        sampler._negative()
+    assert 0.05 * 400 < len(drawn) < 0.3 * 400  # about the 15 % share
