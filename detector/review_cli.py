@@ -157,7 +157,8 @@ def _serve(db: Path, listen: str, clips: Path | None, secure_cookie: bool) -> No
     if users == 0:
         say(f"no reviewers yet: add one with whale-listen review --db {db} --add-user NAME")
     say(f"{events} events in {db}; clips from {clips or 'nowhere (no --clips)'}")
-    say(f"review page at http://{bound_host}:{bound_port}/")
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    say(f"review page at http://{shown}:{bound_port}/")
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

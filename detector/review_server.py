@@ -13,6 +13,7 @@ import json
 import math
 import re
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -396,7 +397,8 @@ def handler_for(app: ReviewApp) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             form: dict[str, str] = {}
             if method == "POST":
-                length = int(headers.get("content-length") or 0)
+                length = headers.get("content-length") or "0"
+                length = int(length) if length.isdigit() else MAX_FORM_BYTES + 1
                 if length > MAX_FORM_BYTES:
                     raise BadRequest(413, "form too large")
                 body = self.rfile.read(length).decode("utf-8", "replace")
@@ -457,7 +459,14 @@ def handler_for(app: ReviewApp) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a browser's open connection never holds up the exit
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 def make_server(app: ReviewApp, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), handler_for(app))
-    server.daemon_threads = True
-    return server
+    """Bound and ready to serve_forever; an IPv6 address (::1) gets an IPv6 socket."""
+    return (_Server6 if ":" in host else _Server)((host, port), handler_for(app))
