@@ -10,7 +10,6 @@ folder are counted and left out: there is no audio to learn from.
 """
 
 import csv
-import json
 import os
 import sqlite3
 from collections import Counter
@@ -21,6 +20,7 @@ import soundfile as sf
 
 from detector.errors import UsageError, WhaleError
 from detector.review_media import clip_path, clip_span
+from detector.reviewdb import duration_s
 
 LABELS = {"upcall": "upcall", "not": "not-upcall", "unsure": "unsure"}
 CSV_HEADER = ["filename", "start", "end", "label", "event_id", "station", "event_start",
@@ -67,8 +67,7 @@ def _rows(reviewed: list[sqlite3.Row], clips: Path, summary: ExportSummary) -> l
         except (RuntimeError, OSError) as e:
             raise WhaleError(f"cannot read clip {path}: {e}") from None
         seconds = info.frames / info.samplerate
-        record = json.loads(event["record"])
-        duration = float(record["offset_end_s"]) - float(record["offset_start_s"])
+        duration = duration_s(event)
         rows.append(_Row(path, seconds, clip_span(seconds, duration), event["verdict"], event))
         summary.verdicts[event["verdict"]] += 1
     return rows

@@ -4,12 +4,12 @@ Plain server-rendered pages with one small script (keyboard shortcuts, playback 
 from /static/ so the Content-Security-Policy can forbid inline scripts.
 """
 
-import json
+import sqlite3
 from html import escape
 from urllib.parse import urlencode
 
 from detector.review_media import SPEEDS
-from detector.reviewdb import VERDICT_NAMES, QueueFilter
+from detector.reviewdb import VERDICT_NAMES, QueueFilter, duration_s
 
 CSS = """
 body { font: 15px/1.4 system-ui, sans-serif; margin: 0; background: #f4f4f4; color: #111; }
@@ -99,11 +99,6 @@ def query(where: QueueFilter, **extra: object) -> str:
     return urlencode({k: v for k, v in fields.items() if v})
 
 
-def _duration(row) -> float:
-    record = json.loads(row["record"])
-    return float(record["offset_end_s"]) - float(record["offset_start_s"])
-
-
 def page(title: str, body: str, user: str | None = None, csrf: str = "") -> str:
     nav = ""
     if user:
@@ -179,7 +174,7 @@ def queue_page(
             f'<tr data-href="{escape(href)}"><td>{n}</td>'
             f'<td><a href="{escape(href)}">{escape(row["start"])}</a></td>'
             f"<td>{escape(row['station'])}</td><td>{row['score']:.3f}</td>"
-            f"<td>{_duration(row):.1f} s</td>{verdict}</tr>"
+            f"<td>{duration_s(row):.1f} s</td>{verdict}</tr>"
         )
     head = "<tr><th>#</th><th>start (UTC)</th><th>station</th><th>score</th><th>length</th>"
     head += "<th>verdict</th><th>reviewer</th></tr>" if shown else "</tr>"
@@ -202,8 +197,8 @@ def queue_page(
 
 
 def detection_page(
-    row, record: dict, where: QueueFilter, has_clip: bool, history: list, prev_id: str | None,
-    next_id: str | None, user: str, csrf: str, speed: int,
+    row: sqlite3.Row, record: dict, where: QueueFilter, has_clip: bool, history: list,
+    prev_id: str | None, next_id: str | None, user: str, csrf: str, speed: int,
 ) -> str:  # fmt: skip
     event_id = row["id"]
     q = query(where)
@@ -256,7 +251,7 @@ def detection_page(
     facts = (
         f"<tr><th>station</th><td>{escape(row['station'])}</td></tr>"
         f"<tr><th>start (UTC)</th><td>{escape(row['start'])}</td></tr>"
-        f"<tr><th>length</th><td>{_duration(row):.2f} s</td></tr>"
+        f"<tr><th>length</th><td>{duration_s(row):.2f} s</td></tr>"
         f"<tr><th>score</th><td>{row['score']:.4f} (threshold "
         f"{escape(str(record.get('threshold', '?')))})</td></tr>"
         f"<tr><th>model</th><td>{escape(str(model.get('name', '?')))}</td></tr>"

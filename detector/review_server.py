@@ -23,7 +23,7 @@ from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from detector import review_media, review_pages, reviewdb, shoredb
 from detector.journal import log
@@ -307,8 +307,7 @@ class ReviewApp:
         path = self._clip(row)
         if path is None:
             raise BadRequest(404, "no clip for this detection in the clips folder")
-        record = json.loads(row["record"])
-        duration = float(record["offset_end_s"]) - float(record["offset_start_s"])
+        record, duration = json.loads(row["record"]), reviewdb.duration_s(row)
         png = review_media.spectrogram_png(path, record, duration)
         return Response(200, png, "image/png", {"Cache-Control": "private, max-age=3600"})
 
@@ -346,7 +345,7 @@ class ReviewApp:
         query = review_pages.query(where)
         if following is None:
             return redirect(f"/queue?{query}")
-        return redirect(f"/event/{following}?{query}")
+        return redirect(f"/event/{quote(following, safe='')}?{query}")
 
     def reopen(self, request: Request, event_id: str) -> Response:
         back = request.form.get("back", "")

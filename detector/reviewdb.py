@@ -11,6 +11,7 @@ import hmac
 import secrets
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime
 
 from detector.errors import UsageError
 from detector.shoredb import now
@@ -105,6 +106,13 @@ def reopen(conn: sqlite3.Connection, event_id: str, reviewer: str) -> bool:
         conn.execute("ROLLBACK")
         raise
     return bool(gone)
+
+
+def duration_s(row: sqlite3.Row) -> float:
+    """An event's length from its start and end columns (every stored event has them)."""
+    start = datetime.fromisoformat(row["start"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(row["end"].replace("Z", "+00:00"))
+    return (end - start).total_seconds()
 
 
 def history(conn: sqlite3.Connection, event_id: str) -> list[sqlite3.Row]:

@@ -124,6 +124,17 @@ def test_an_analyst_reviews_three_detections_with_the_keyboard(server, browser, 
     assert newest["id"] in rows[0].get_attribute("data-href")  # newest first
     _screenshot(browser, "review-queue.png", tmp_path)
 
+    def selected() -> int:
+        return browser.execute_script(
+            "return Array.from(document.querySelectorAll('#queue tr[data-href]'))"
+            ".findIndex(r => r.classList.contains('selected'))"
+        )
+
+    assert selected() == 0
+    _press(browser, "jjk")  # down, down, up
+    assert selected() == 1
+    _press(browser, "k")
+    assert selected() == 0
     _press(browser, Keys.ENTER)  # opens the selected (first) row
     _wait(browser, lambda d: d.find_elements(By.ID, "player"), "a detection page")
     assert _event_id(browser.current_url) == newest["id"]
@@ -167,6 +178,10 @@ def test_an_analyst_reviews_three_detections_with_the_keyboard(server, browser, 
     _wait(browser, lambda d: "Not reviewed" in d.find_element(By.ID, "verdict").text, "re-open")
     history = browser.find_element(By.ID, "history").text
     assert "verdict" in history and "reopen" in history
+
+    browser.get(f"{base}/stations")
+    health = browser.find_element(By.ID, "stations").text
+    assert "buoy-a" in health and "buoy-b" in health and "0.25 s" in health
 
     labels = tmp_path / "labels.csv"
     exported = subprocess.run(
