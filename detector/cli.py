@@ -323,6 +323,4 @@ def export_raven_cmd(events_log: Path, output: Path | None) -> None:
         fail(str(e), e.exit_status)
 
 
-from detector.review_cli import review_cmd  # noqa: E402
-
-main.add_command(review_cmd)
+main.add_command(__import__("detector.review_cli", fromlist=["review_cmd"]).review_cmd)
