@@ -182,6 +182,10 @@ def test_login_sets_an_httponly_samesite_strict_cookie_and_a_wrong_password_is_r
     client, _ = server
     response, cookie = client.login(password="not the password")
     assert response.status == 403 and not cookie
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        form = {"user": "ann", "password": PASSWORD, "next": target}
+        response, _ = client.request("POST", "/login", form)
+        assert response.getheader("Location") == "/queue", target  # no open redirect
     response, cookie = client.login()
     assert response.status == 303
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
