@@ -146,6 +146,7 @@ Examples:
   whale-listen export-raven events.jsonl           # a Raven Pro selection table
   whale-listen decode message.sbd                  # compact SBD messages as JSON lines
   whale-listen scan archive/ --out events.csv      # a folder of recordings, on Dask, resumable
+  whale-listen review --db shore.db --clips clips/ # analysts confirm detections in a browser
 """
 
 # -h as well as --help, on the group and (inherited) on every subcommand
@@ -326,3 +327,4 @@ def export_raven_cmd(events_log: Path, output: Path | None) -> None:
 
 main.add_command(__import__("detector.decode_cli", fromlist=["decode_cmd"]).decode_cmd)
 main.add_command(__import__("detector.scan_cli", fromlist=["scan_cmd"]).scan_cmd)
+main.add_command(__import__("detector.review_cli", fromlist=["review_cmd"]).review_cmd)

@@ -45,6 +45,30 @@ MIGRATIONS: list[str] = [
         source_state TEXT,
         status TEXT                   -- the last status JSON, whole
     );
+    """,  # 1 -> 2: the review station's analysts and their verdicts (detector/reviewdb.py)
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        salt BLOB NOT NULL,           -- per user, random
+        hash BLOB NOT NULL,           -- the key derived from the password and salt
+        kdf TEXT NOT NULL,            -- how: scrypt and its parameters
+        created TEXT NOT NULL
+    );
+    CREATE TABLE verdicts (           -- the current verdict of each reviewed event
+        event_id TEXT PRIMARY KEY REFERENCES events (id),
+        verdict TEXT NOT NULL CHECK (verdict IN ('upcall', 'not', 'unsure')),
+        reviewer TEXT NOT NULL REFERENCES users (name),
+        at TEXT NOT NULL              -- UTC, when it was given
+    );
+    CREATE TABLE verdict_history (    -- every verdict and re-opening, never changed
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL REFERENCES events (id),
+        action TEXT NOT NULL CHECK (action IN ('verdict', 'reopen')),
+        verdict TEXT,
+        reviewer TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX verdict_history_event ON verdict_history (event_id, id);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

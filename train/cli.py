@@ -103,11 +103,21 @@ class Datasets:
 
     def describe(self) -> str:
         calls = sum(len(r.calls) for r in self.train_recs)
-        return (
+        text = (
             f"training: {len(self.train_recs)} recordings ({calls} calls), "
             f"{len(self.clips)} clips; "
             f"held out: {len(self.eval_ann)} annotated, {len(self.eval_bg)} background"
         )
+        reviewed = [r for r in self.train_recs if r.reviewed]
+        if reviewed:
+            confirmed = sum(len(r.calls) for r in reviewed)
+            rejected = sum(len(r.rejected) for r in reviewed)
+            text += (
+                f"\nfrom review: {confirmed + rejected} examples in {len(reviewed)} event clips: "
+                f"{confirmed} confirmed calls (positives), {rejected} rejected detections "
+                f"(hard negatives)"
+            )
+        return text
 
 
 EXAMPLES = """

@@ -2,15 +2,19 @@
 
 Layouts: the Kaggle 2013 challenge (train.csv + train/*.aiff), two folders of clips
 (right_whale/, no_right_whale/), continuous recordings with call annotations (CSV or Raven
-selection tables), and call-free background recordings. Every problem is a WhaleError naming the
-file (and line) at fault, because a training run should fail at load time, not hours later.
+selection tables), and call-free background recordings. The review station's export
+(`whale-listen review --export`) is an annotation table of event clips: a confirmed detection is
+a call, a rejected one a span that is known not to be one (a hard negative), an unsure one is
+left out; its event id column marks the rows that came from review. Every problem is a
+WhaleError naming the file (and line) at fault, because a training run should fail at load
+time, not hours later.
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +28,10 @@ AUDIO_EXTENSIONS = (".aiff", ".aif", ".wav", ".flac")
 KAGGLE_HEADER = ["clip_name", "label"]
 ANNOTATION_COLUMNS = ["filename", "start", "end"]
 CALL_LABELS = {"1", "upcall", "up-call", "up_call", "call", "yes", "true"}
-NOT_CALL_LABELS = {"0", "-1", "no", "false", "none", "noise", "negative"}
+NOT_CALL_LABELS = {"0", "-1", "no", "false", "none", "noise", "negative", "not", "not-upcall"}
+UNSURE_LABELS = {"unsure", "?"}  # a reviewer could not tell: neither a call nor a negative
+REVIEW_COLUMN = "event_id"  # the review export's column: its rows came from review
+RAVEN_LABEL, RAVEN_EVENT, RAVEN_PATH = "Verdict", "Event ID", "Begin Path"
 RAVEN_SUFFIX = ".selections.txt"
 RAVEN_BEGIN, RAVEN_END = "Begin Time (s)", "End Time (s)"
 RAVEN_FILE, RAVEN_OFFSET = "Begin File", "File Offset (s)"
@@ -44,6 +51,22 @@ class Recording:
     path: Path
     audio: np.ndarray
     calls: list[Span]  # (start_s, end_s) of every up-call; empty for call-free recordings
+    rejected: list[Span] = field(default_factory=list)  # spans labelled not a call
+    reviewed: bool = False  # labelled by the review station (a verdict on an event clip)
+
+
+@dataclass
+class Labels:
+    """What an annotation table says about one recording."""
+
+    calls: list[Span] = field(default_factory=list)
+    rejected: list[Span] = field(default_factory=list)
+    reviewed: bool = False
+
+    def add(self, other: Labels) -> None:
+        self.calls += other.calls
+        self.rejected += other.rejected
+        self.reviewed |= other.reviewed
 
 
 def _is_audio(path: Path) -> bool:
@@ -128,38 +151,53 @@ def load_folders(root: Path, channel: int = 0) -> list[Clip]:
     return clips
 
 
-def _csv_label_is_call(label: str, path: Path, line: int) -> bool:
+def _label_kind(label: str, path: Path, line: int) -> str:
+    """'call', 'not' or 'unsure'."""
     lowered = label.lower()
     if lowered in CALL_LABELS:
-        return True
+        return "call"
     if lowered in NOT_CALL_LABELS:
-        return False
+        return "not"
+    if lowered in UNSURE_LABELS:
+        return "unsure"
     raise WhaleError(
         f"{path} line {line}: unknown label {label!r}; use 1/upcall for calls, 0 for none"
     )
 
 
-def _load_annotation_csv(path: Path) -> dict[str, list[Span]]:
+def _add_span(labels: dict[str, Labels], name: str, span: Span, kind: str, reviewed: bool) -> None:
+    if kind == "unsure":
+        return  # not evidence either way: the file is not even loaded for it
+    entry = labels.setdefault(name, Labels())  # a file with only 0-labelled rows is call-free
+    entry.reviewed |= reviewed
+    spans = entry.calls if kind == "call" else entry.rejected
+    if span not in spans:  # Raven lists each selection once per view
+        spans.append(span)
+
+
+def _load_annotation_csv(path: Path) -> dict[str, Labels]:
     header, body = _read_rows(path)
     columns = [name.lower() for name in header]
-    if columns[:3] != ANNOTATION_COLUMNS or len(columns) > 4:
-        raise WhaleError(f"{path}: header must be 'filename,start,end[,label]', found {header}")
-    calls: dict[str, list[Span]] = {}
+    if columns[:3] != ANNOTATION_COLUMNS or (len(columns) > 4 and columns[3] != "label"):
+        raise WhaleError(
+            f"{path}: header must be 'filename,start,end[,label[,...]]', found {header}"
+        )
+    reviewed = REVIEW_COLUMN in columns
+    labels: dict[str, Labels] = {}
     for line, row in body:
         if len(row) != len(columns):
             raise WhaleError(
                 f"{path} line {line}: expected {len(columns)} columns, found {len(row)}"
             )
         span = _span(row[1], row[2], path, line)
-        spans = calls.setdefault(row[0], [])  # a file with only 0-labelled rows is call-free
-        if len(row) == 3 or _csv_label_is_call(row[3], path, line):
-            spans.append(span)
-    return calls
+        kind = "call" if len(row) == 3 else _label_kind(row[3], path, line)
+        _add_span(labels, row[0], span, kind, reviewed)
+    return labels
 
 
 def _raven_sound_file(table: Path) -> str:
     """The recording a Raven table belongs to: its name minus .Table.N.selections.txt."""
-    stem = table.name[: -len(RAVEN_SUFFIX)]
+    stem = table.name[: -len(RAVEN_SUFFIX)] if table.name.endswith(RAVEN_SUFFIX) else table.stem
     head, _, tail = stem.rpartition(".Table.")
     if head and tail.isdigit():
         stem = head
@@ -170,14 +208,17 @@ def _raven_sound_file(table: Path) -> str:
     raise WhaleError(f"{table}: no 'Begin File' column and no audio file {stem}.* beside it")
 
 
-def _load_raven(path: Path) -> dict[str, list[Span]]:
+def _load_raven(path: Path) -> dict[str, Labels]:
+    """A Raven selection table: every selection a call, unless a Verdict column says otherwise;
+    a Begin Path column (the review export's) names the file where Raven itself looks."""
     header, body = _read_rows(path, delimiter="\t")
     missing = [name for name in (RAVEN_BEGIN, RAVEN_END) if name not in header]
     if missing:
         raise WhaleError(f"{path}: not a Raven selection table, no column {missing[0]!r}")
     col = {name: header.index(name) for name in header}
     default_file = None if RAVEN_FILE in col else _raven_sound_file(path)
-    calls: dict[str, list[Span]] = {default_file: []} if default_file else {}
+    labels: dict[str, Labels] = {default_file: Labels()} if default_file else {}
+    reviewed = RAVEN_EVENT in col
     for line, row in body:
         if len(row) < len(header):
             raise WhaleError(
@@ -187,11 +228,10 @@ def _load_raven(path: Path) -> dict[str, list[Span]]:
         if default_file is None and RAVEN_OFFSET in col:  # times relative to the Begin File
             offset = _number(row[col[RAVEN_OFFSET]], path, line, "file offset")
             begin, end = offset, offset + end - begin
-        name = default_file or row[col[RAVEN_FILE]]
-        spans = calls.setdefault(name, [])
-        if (begin, end) not in spans:  # Raven lists each selection once per view
-            spans.append((begin, end))
-    return calls
+        name = default_file or row[col[RAVEN_PATH if RAVEN_PATH in col else RAVEN_FILE]]
+        kind = _label_kind(row[col[RAVEN_LABEL]], path, line) if RAVEN_LABEL in col else "call"
+        _add_span(labels, name, (begin, end), kind, reviewed)
+    return labels
 
 
 def _annotation_tables(folder: Path) -> list[Path]:
@@ -209,6 +249,11 @@ def _annotation_tables(folder: Path) -> list[Path]:
 
 def load_annotations(path: Path) -> dict[str, list[Span]]:
     """Up-call times per recording file, from a CSV, a Raven table or a folder of them."""
+    return {name: entry.calls for name, entry in load_labels(path).items()}
+
+
+def load_labels(path: Path) -> dict[str, Labels]:
+    """Calls and rejected spans per recording file, from a CSV, a Raven table or a folder."""
     path = Path(path)
     if path.is_dir():
         tables = _annotation_tables(path)
@@ -218,13 +263,16 @@ def load_annotations(path: Path) -> dict[str, list[Span]]:
         raise WhaleError(f"{path}: no such annotation file")
     else:
         tables = [path]
-    calls: dict[str, list[Span]] = {}
+    labels: dict[str, Labels] = {}
     for table in tables:
-        is_raven = table.name.endswith(RAVEN_SUFFIX)
+        is_raven = table.suffix.lower() == ".txt"
         loaded = _load_raven(table) if is_raven else _load_annotation_csv(table)
-        for name, spans in loaded.items():
-            calls.setdefault(name, []).extend(spans)
-    return {name: sorted(spans) for name, spans in calls.items()}
+        for name, entry in loaded.items():
+            labels.setdefault(name, Labels()).add(entry)
+    for entry in labels.values():
+        entry.calls.sort()
+        entry.rejected.sort()
+    return labels
 
 
 def load_recordings(
@@ -235,7 +283,8 @@ def load_recordings(
     folder = annotations if annotations.is_dir() else annotations.parent
     base = Path(audio_dir) if audio_dir is not None else folder
     recordings = []
-    for name, calls in sorted(load_annotations(annotations).items()):
+    for name, entry in sorted(load_labels(annotations).items()):
+        calls = entry.calls
         path = base / name
         if not path.is_file():
             raise WhaleError(f"{annotations}: annotated recording {path} is missing")
@@ -247,7 +296,7 @@ def load_recordings(
                     f"{annotations}: call {start:.3f}-{end:.3f} s runs past the end of "
                     f"{path} ({duration:.3f} s long)"
                 )
-        recordings.append(Recording(path, audio, calls))
+        recordings.append(Recording(path, audio, calls, entry.rejected, entry.reviewed))
     return recordings
 
 
@@ -272,7 +321,7 @@ def detect_layout(path: Path) -> str:
     """Which loader fits a path: 'kaggle', 'folders', 'annotations' or 'background'."""
     path = Path(path)
     if path.is_file():
-        if path.name.endswith(RAVEN_SUFFIX):
+        if path.suffix.lower() == ".txt":  # a Raven selection table, by any name
             return "annotations"
         if path.suffix.lower() == ".csv":
             header = [name.lower() for name in _read_rows(path)[0]]

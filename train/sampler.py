@@ -3,7 +3,9 @@
 Positives: real annotated calls placed whole at random offsets, real calls with another stretch of
 real background mixed in, and synthetic up-calls mixed into real noise at random SNR. Negatives:
 real windows that overlap no annotation, mined hard negatives (what the model last got most
-wrong), and synthetic look-alikes (down-sweeps, tones, moans) in real noise.
+wrong), windows of spans labelled not a call (detections an analyst rejected at the review
+station: what a deployed model really got wrong) and synthetic look-alikes (down-sweeps, tones,
+moans) in real noise.
 """
 
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ class Mix:
     remixed_positive: float = 0.25
     lookalike_negative: float = 0.2
     hard_negative: float = 0.3
+    rejected_negative: float = 0.15  # taken from the hard share when there are rejected spans
     remixed_negative: float = 0.15
     snr_db: tuple[float, float] = (-3.0, 15.0)
     stretch: float = 0.08  # frequency/time stretch, +-8 %
@@ -39,6 +42,16 @@ def negative_starts(rec: Recording, hop: int, window: int = WINDOW_SAMPLES) -> n
         lo = (s - CALL_MARGIN_S) * SAMPLE_RATE - window
         hi = (e + CALL_MARGIN_S) * SAMPLE_RATE
         keep &= ~((starts > lo) & (starts < hi))
+    return starts[keep]
+
+
+def rejected_starts(rec: Recording, hop: int, window: int = WINDOW_SAMPLES) -> np.ndarray:
+    """Call-free window starts whose window centre lies inside a span labelled not a call."""
+    starts = negative_starts(rec, hop, window)
+    centres = starts + window / 2
+    keep = np.zeros(len(starts), dtype=bool)
+    for s, e in rec.rejected:
+        keep |= (centres >= s * SAMPLE_RATE) & (centres <= e * SAMPLE_RATE)
     return starts[keep]
 
 
@@ -61,7 +74,8 @@ class WindowSampler:
     ) -> None:
         self.rng = np.random.default_rng(seed)
         self.mix = mix or Mix()
-        self.recordings = [r for r in recordings if len(r.audio) > 2 * WINDOW_SAMPLES]
+        # a review clip (a 2-s event and 1 s each side) is 4 s: one window must fit
+        self.recordings = [r for r in recordings if len(r.audio) >= WINDOW_SAMPLES]
         self.calls = [
             (i, s, e) for i, r in enumerate(self.recordings) for s, e in r.calls if e - s > 0
         ]
@@ -72,6 +86,9 @@ class WindowSampler:
         self.pos_clips = [c.audio for c in clips if c.label == 1 and len(c.audio) >= 1000]
         self.neg_clips = [c.audio for c in clips if c.label == 0 and len(c.audio) >= 1000]
         self.hard: list[tuple[int, int]] = []
+        self.rejected = [
+            (i, st) for i, r in enumerate(self.recordings) for st in rejected_starts(r, 250)
+        ]
         if not self.negatives and not self.neg_clips:
             raise ValueError("no negative windows: give call-free audio or negative clips")
 
@@ -104,6 +121,10 @@ class WindowSampler:
     def hard_negative(self) -> np.ndarray:
         i, start = self.hard[self.rng.integers(len(self.hard))]
         start += int(self.rng.integers(-100, 100))
+        return self._excerpt(self.recordings[i].audio, start, self._stretch())
+
+    def rejected_negative(self) -> np.ndarray:
+        i, start = self.rejected[self.rng.integers(len(self.rejected))]
         return self._excerpt(self.recordings[i].audio, start, self._stretch())
 
     def real_positive(self) -> np.ndarray:
@@ -179,6 +200,8 @@ class WindowSampler:
             return self.lookalike_negative()
         if r > 1 - self.mix.remixed_negative:
             return self.remixed_negative()
+        if self.rejected and r < self.mix.lookalike_negative + self.mix.rejected_negative:
+            return self.rejected_negative()
         if self.hard and r < self.mix.lookalike_negative + self.mix.hard_negative:
             return self.hard_negative()
         return self.real_negative()
