@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.clips import ClipWriter
+from detector.clips import HISTORY_SECONDS, ClipWriter
 from detector.events import RawEvent
 from detector.outputs import Output
 from detector.records import Event
@@ -33,5 +33,13 @@ class ClipOutput(Output):
         return f"clips in {self.writer.directory}"
 
 
+def history_seconds(settings: Settings) -> float:
+    """Audio to keep: the loop feeds a whole read (up to batch x hop) before scoring it, and an
+    event that ends as one read ends closes only in the next, so the history must hold a read
+    on top of what the event, its margins and the closing delay need."""
+    return HISTORY_SECONDS + max(settings.batch * settings.hop, 1.0)
+
+
 def open_output(settings: Settings) -> ClipOutput:
-    return ClipOutput(ClipWriter(settings.clips, settings.min_free_mb))
+    writer = ClipWriter(settings.clips, settings.min_free_mb, history_seconds(settings))
+    return ClipOutput(writer)

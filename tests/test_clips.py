@@ -239,3 +239,36 @@ def test_feed_with_start_sample_holds_a_gap_as_silence(tmp_path):
     np.testing.assert_array_equal(held[:4000], x[:4000])
     np.testing.assert_array_equal(held[4000:6000], 0)
     np.testing.assert_array_equal(held[6000:], x[6000:])
+
+
+def test_every_event_of_a_fast_replay_gets_its_clip(tmp_path, real_model):
+    """A replay scores up to batch x hop (32 s) of audio per read, all fed to the history
+    first: a call that ends as a read ends closes its event only in the next read, by when a
+    30-s history had lost it (3 of 23 clips on a DCLDE file)."""
+    from detector import cli
+    from detector.eventlog import read_events
+    from detector.settings import Settings
+    from train import synth
+
+    rng = np.random.default_rng(11)
+    audio = synth.noise(rng, 140 * clips.SAMPLE_RATE)
+    for read_end_s in (32, 64, 96, 128):
+        call = synth.upcall(rng)
+        at = int((read_end_s - 0.1) * clips.SAMPLE_RATE) - len(call)
+        audio[at : at + len(call)] += 3 * call
+    recording = tmp_path / "early_in_each_read.wav"
+    sf.write(recording, 0.3 * audio / np.abs(audio).max(), clips.SAMPLE_RATE, subtype="PCM_16")
+    log = tmp_path / "events.jsonl"
+    settings = Settings(replay=recording, model=real_model, events_log=log, clips=tmp_path / "c",
+                        publish=("tcp://127.0.0.1:*",), linger=0.0)  # fmt: skip
+    assert cli.run(settings) == 0
+    events = read_events(log)
+    assert len(events) >= 3
+    assert all("clip" in e for e in events), [
+        e["offset_start_s"] for e in events if "clip" not in e
+    ]
+    for event in events:  # the whole event and its margins, not what was left of it
+        seconds = sf.info(event["clip"]).duration
+        assert seconds == pytest.approx(
+            event["offset_end_s"] - event["offset_start_s"] + 2, abs=0.01
+        )
