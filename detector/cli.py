@@ -144,6 +144,7 @@ Examples:
   whale-listen --config /etc/whale-listen/config.toml
   whale-listen subscribe tcp://127.0.0.1:5556      # print what a listener publishes
   whale-listen export-raven events.jsonl           # a Raven Pro selection table
+  whale-listen gather tcp://buoy-1:5556 tcp://buoy-2:5556 --db shore.db  # many stations, one DB
 """
 
 # -h as well as --help, on the group and (inherited) on every subcommand
@@ -320,3 +321,6 @@ def export_raven_cmd(events_log: Path, output: Path | None) -> None:
         click.echo(str(export_raven(events_log, output)))
     except WhaleError as e:
         fail(str(e), e.exit_status)
+
+
+main.add_command(__import__("detector.gather_cli").gather_cli.gather_cmd)
