@@ -29,8 +29,9 @@ ASK_EVERY_S = 1.0  # a link asks catch-up for what follows `settled` at least th
 REPLY_TIMEOUT_S = 3.0  # no answer this long: the request is sent again
 POLL_MS = 200  # the loop notices a stop this often
 DRAIN = 1000  # messages taken from one socket before the others get their turn
+MAX_MESSAGE_BYTES = 1 << 20  # an event or a status is ~1 kB: a station sending more is cut off
+MAX_REPLY_BYTES = 64 << 20  # a catch-up reply carries 100 events at most
 LIVE, CATCHUP = "live", "catch-up"
-EVENT_FIELDS = {"id": str, "station": str, "run": str, "seq": int, "start": str, "end": str}
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,35 @@ def parse_target(text: str) -> Target:
     return Target(endpoint, setting, False)
 
 
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e300
+
+
 def valid_event(record: object) -> bool:
-    """What the database needs of an event (`shoredb.add_event`)."""
-    if not isinstance(record, dict):
+    """What the database needs of an event (`shoredb.add_event`): anything else from a station
+    is skipped and counted, never a crash of the one writer."""
+    if not isinstance(record, dict) or not _integer(record.get("seq")):
         return False
-    for key, kind in EVENT_FIELDS.items():
-        value = record.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return False
-    score = record.get("score")
-    return isinstance(score, int | float) and not isinstance(score, bool)
+    strings = ("id", "station", "run", "start", "end")
+    return (
+        all(isinstance(record.get(key), str) for key in strings)
+        and _number(record.get("score"))
+        and isinstance(record.get("clip"), str | None)
+    )
+
+
+def valid_status(record: object) -> bool:
+    """What `shoredb.update_station` keeps of a status, each of the right type (or absent)."""
+    if not isinstance(record, dict) or not isinstance(record.get("station"), str):
+        return False
+    checks = {"run": lambda v: isinstance(v, str), "source_state": lambda v: isinstance(v, str),
+              "last_seq": _integer, "dropped_samples": _integer, "lag_s": _number,
+              "silent_s": _number}  # fmt: skip
+    return all(record.get(key) is None or ok(record[key]) for key, ok in checks.items())
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,7 @@ class Link:
         self.sub = context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 100_000)  # a station's burst waits here, not dropped
+        self.sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.dealer: zmq.Socket | None = None
         try:
             self.sub.connect(target.endpoint)
@@ -123,6 +144,7 @@ class Link:
             if self.catchup is not None:
                 self.dealer = context.socket(zmq.DEALER)
                 self.dealer.setsockopt(zmq.LINGER, 0)
+                self.dealer.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
                 self.dealer.setsockopt(zmq.IMMEDIATE, 1)  # no requests queued for a daemon down
                 self.dealer.connect(self.catchup)
         except zmq.ZMQError as exc:
@@ -225,16 +247,17 @@ class Link:
                 self.ask()  # a gap below what was just heard
 
     def _on_status(self, status: object) -> None:
-        if not isinstance(status, dict) or not isinstance(status.get("station"), str):
+        if not valid_status(status):
             self.malformed += 1
             return
+        assert isinstance(status, dict)
         self._learn(status["station"])
         self.sink(Item("status", self.target.endpoint, status))
         named = status.get("catchup")
         if self.target.derived and isinstance(named, str):
             self._move_catchup(named)
         last_seq = status.get("last_seq")
-        if isinstance(last_seq, int) and last_seq > self.settled:
+        if last_seq is not None and last_seq > self.settled:
             self.ask()  # events the stream has not brought (yet): the tail of a gap
 
     def _hand(self, event: object, via: str) -> bool:

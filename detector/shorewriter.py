@@ -71,7 +71,7 @@ class ShoreWriter:
                         break
                 stopping = _STOP in batch
                 self._write(conn, [item for item in batch if item is not _STOP])
-        except sqlite3.Error as e:
+        except Exception as e:  # sqlite3.Error mostly (disk full, I/O error): stop, and say so
             self.error = f"cannot write database {self.path}: {e}"
         finally:
             conn.close()

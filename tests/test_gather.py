@@ -266,6 +266,35 @@ def test_a_late_start_a_gap_and_a_restart_are_filled_from_catch_up(tmp_path):
     assert _stored_seqs(db) == list(range(1, 91))
 
 
+def test_malformed_messages_are_skipped_and_counted_never_stored_or_fatal(tmp_path):
+    from detector.publish import Publisher
+
+    db = tmp_path / "shore.db"
+    with Publisher(["tcp://127.0.0.1:*"]) as station:
+        running = _Running(db, station.endpoints[0] + "=off")  # live only: nothing to fetch
+        assert station.wait_subscribers(2, timeout=20) == 2  # upcall and status
+        good = _event(1, station="buoy-h")
+        station._socket.send_multipart([b"upcall", b"not json"])
+        station._socket.send_multipart([b"upcall", b"x", b"three frames"])
+        for bad in ({**good, "seq": 2**70}, {**good, "seq": True}, {**good, "score": "0.9"},
+                    {**good, "id": None}, {**good, "clip": 5}, [1, 2]):  # fmt: skip
+            station.send("upcall", bad)
+        for bad in ({"station": "buoy-h", "lag_s": {"a": 1}}, {"station": 7},
+                    {"station": "buoy-h", "last_seq": -1}):  # fmt: skip
+            station.send("status", bad)
+        station.send("status", {"station": "buoy-h", "lag_s": 0.5, "source_state": "up"})
+        station.send("upcall", good)
+        _wait(lambda: _stored_seqs(db) == [1], 20, "the one good event")
+        time.sleep(0.3)
+        malformed = running.gather.links[0].malformed
+        counts = running.stop()["buoy-h"]
+    assert malformed == 11 and counts.stored == 1 and counts.statuses == 1
+    conn = shoredb.connect(db)
+    row = conn.execute("SELECT lag_s, source_state FROM stations").fetchone()
+    conn.close()
+    assert (row["lag_s"], row["source_state"]) == (0.5, "up")
+
+
 def test_resume_starts_at_the_first_hole_not_the_highest_seq(tmp_path):
     conn = shoredb.connect(tmp_path / "shore.db")
     assert shoredb.resume_seq(conn, "buoy-a") == 0
