@@ -60,12 +60,13 @@ class Station:
         run = str(uuid.uuid4())
         self.events = [event(name, run, seq) for seq in range(1, n + 1)]
         head = {"schema": 1, "type": "run", "run": run, "station": name, "time": "", "after_seq": 0}
+        self.log.write_bytes(b"")
+        self.catchup = CatchupServer("tcp://127.0.0.1:*", self.log)  # first, as the daemon
         lines = [encode(head)] + ([encode(e) for e in self.events] if logged else [])
-        self.log.write_bytes(b"\n".join(lines) + b"\n")
+        self.log.write_bytes(b"\n".join(lines) + b"\n")  # then its run line: the current run
         self.file = open(self.log, "ab")  # noqa: SIM115 - open for the station's life
         self.publisher = Publisher(["tcp://127.0.0.1:*"])
         self.endpoint = self.publisher.endpoints[0]
-        self.catchup = CatchupServer("tcp://127.0.0.1:*", self.log)
 
     def emit(self, one: dict) -> None:
         """As the daemon does: the log first (flushed, not fsync'ed here), then the stream."""

@@ -27,6 +27,7 @@ from detector.records import encode
 
 ASK_EVERY_S = 1.0  # a link asks catch-up for what follows `settled` at least this often
 REPLY_TIMEOUT_S = 3.0  # no answer this long: the request is sent again
+SILENT_S = 10.0  # a catch-up endpoint that has not answered this long is named on stderr
 POLL_MS = 200  # the loop notices a stop this often
 DRAIN = 1000  # messages taken from one socket before the others get their turn
 MAX_MESSAGE_BYTES = 1 << 20  # an event or a status is ~1 kB: a station sending more is cut off
@@ -132,6 +133,10 @@ class Link:
         self._ids = 0
         self._asked: tuple[int, int, float] | None = None  # (id, after_seq, when) in flight
         self._last_ask = float("-inf")
+        self._new_run: str | None = None  # a run heard live before catch-up has named it
+        self._since = time.monotonic()
+        self._answered = False  # catch-up has answered once: said when it never does
+        self._warned: set[str] = set()
         self.sub = context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 100_000)  # a station's burst waits here, not dropped
@@ -178,6 +183,14 @@ class Link:
             self._asked = None  # its answer, if it ever comes, is still stored, not counted on
         if now - self._last_ask >= ASK_EVERY_S:
             self.ask(now)
+        if self.dealer is not None and not self._answered and now - self._since >= SILENT_S:
+            self._warn_once("silent", f"no answer from catch-up {self.catchup} yet: what the "
+                            "stream misses is fetched once it answers")  # fmt: skip
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning(f"gather: {self.name}: {message}")
 
     def on_reply(self, frames: list[bytes]) -> None:
         try:
@@ -186,8 +199,9 @@ class Link:
             reply = None
         if not isinstance(reply, dict) or "error" in reply:
             self.malformed += 1
-            log.warning(f"gather: {self.name}: catch-up answered {frames[-1][:120]!r}")
+            self._warn_once("reply", f"catch-up {self.catchup} answered {frames[-1][:120]!r}")
             return
+        first, self._answered = not self._answered, True
         events = reply.get("events")
         events = events if isinstance(events, list) else []
         for event in events:
@@ -196,34 +210,37 @@ class Link:
             return  # a late answer to a request sent again since: its events are handed on
         after = self._asked[1]
         self._asked = None
-        if self._restarted_behind(reply):
+        if self._restarted_behind(reply, after, first):
             self.ask()
             return
         seqs = [e["seq"] for e in events if valid_event(e)]
-        if seqs and after <= self.settled:
-            self.settled = max(self.settled, max(seqs))  # the log had every one up to there
+        if seqs and after <= self.settled < max(seqs):
+            self.settled = max(seqs)  # the log had every one up to there
+            self.heard = {seq for seq in self.heard if seq > self.settled}
             self._advance()
         if reply.get("more") and seqs:
             self.ask()
 
-    def _restarted_behind(self, reply: dict) -> bool:
-        """The daemon's log is behind what this link settled (a log replaced, or a run that
-        died with events never logged, its seqs given again by the next run): start again from
-        where its current run starts (or the log's start), the duplicates dropped."""
+    def _restarted_behind(self, reply: dict, after: int, first: bool) -> bool:
+        """The daemon's log is behind what this link had settled when it asked (a log replaced,
+        or a run that died with events never logged, its seqs given again by the next run):
+        start again from where its current run starts (or the log's start), the duplicates
+        dropped. Events heard live since the request are newer than the reply: not compared."""
         run, run_after, last_seq = (reply.get(k) for k in ("run", "run_after_seq", "last_seq"))
         previous = self.run
         if run is not None:
             self.run = run
-        if previous is None and isinstance(last_seq, int) and last_seq < self.settled:
-            restart_at = 0  # the first answer: the log ends before what the database holds
-        elif previous is not None and run not in (None, previous) and isinstance(run_after, int):
-            if run_after >= self.settled:
-                return False  # an ordinary restart: its seqs go on from the log's last
+        new_run = previous is not None and run not in (None, previous)
+        if new_run:
+            log.info(f"gather: {self.name}: a new run {run} after seq {run_after}")
+        if first and isinstance(last_seq, int) and last_seq < after:
+            restart_at = 0  # the log ends before what the database holds
+        elif new_run and isinstance(run_after, int) and run_after < after:
             restart_at = run_after
         else:
             return False
         log.warning(
-            f"gather: {self.name}: its log is behind seq {self.settled}: fetching again "
+            f"gather: {self.name}: its log is behind seq {after}: fetching again "
             f"from seq {restart_at}"
         )
         self.settled = restart_at
@@ -241,8 +258,12 @@ class Link:
         if topic == "status":
             self._on_status(record)
         elif topic == "upcall" and self._hand(record, LIVE):
-            if record["run"] != self.run:
-                self.ask()  # a daemon (re)started: its reply says where its run begins
+            run = record["run"]
+            if self.run is not None and run not in (self.run, self._new_run):
+                self._new_run = run  # the daemon restarted: a request in flight went to the
+                self._asked = None  # one that is gone, most likely lost
+            if run != self.run:
+                self.ask()  # its reply says where the new run begins
             if self.heard:
                 self.ask()  # a gap below what was just heard
 
@@ -275,7 +296,7 @@ class Link:
     def _advance(self) -> None:
         while self.settled + 1 in self.heard:
             self.settled += 1
-        self.heard = {seq for seq in self.heard if seq > self.settled}
+            self.heard.discard(self.settled)
 
     def _learn(self, station: str) -> None:
         if station != self.station:

@@ -212,7 +212,9 @@ class _Running:
         self.writer = ShoreWriter(db)
         self.gather = Gather([parse_target(endpoint)], self.writer.put, positions)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.gather.run, args=(self._stop.is_set,))
+        self._thread = threading.Thread(
+            target=self.gather.run, args=(self._stop.is_set,), daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> dict:
@@ -293,6 +295,62 @@ def test_malformed_messages_are_skipped_and_counted_never_stored_or_fatal(tmp_pa
     row = conn.execute("SELECT lag_s, source_state FROM stations").fetchone()
     conn.close()
     assert (row["lag_s"], row["source_state"]) == (0.5, "up")
+
+
+def _answer(link) -> None:
+    """Hand the link the reply to the request it has in flight (from a real catch-up)."""
+    assert link.dealer.poll(10_000), "no answer from the catch-up server"
+    link.on_reply(link.dealer.recv_multipart())
+
+
+def test_a_reply_older_than_the_live_events_keeps_them_and_a_log_behind_is_fetched_again(
+    tmp_path, caplog
+):
+    import zmq
+
+    from detector.catchup import CatchupServer
+    from detector.eventlog import EventLog
+    from detector.gather import Link
+    from detector.records import encode
+
+    path = tmp_path / "ev.jsonl"
+    server = CatchupServer("tcp://127.0.0.1:*", path)
+    log = EventLog(path)
+    log.start_run({"type": "run", "run": "r", "after_seq": 0})
+    events = [{**_event(seq), "run": "r"} for seq in range(1, 9)]
+    for event in events[:5]:
+        log.append(event)
+    context = zmq.Context()
+    target = parse_target(f"tcp://127.0.0.1:1={server.endpoint}")
+    items, links = [], []
+    try:
+        link = Link(context, target, items.append)
+        links.append(link)
+        _wait(lambda: (link.ask(), link._asked)[1] is not None, 10, "a request sent")
+        assert link.dealer.poll(10_000)  # answered: seq 1-5, last_seq 5
+        for event in events[5:]:
+            log.append(event)
+        for event in events:  # heard live before that answer is read: settled goes to 8
+            link.on_message([b"upcall", encode(event)])
+        assert link.settled == 8
+        link.on_reply(link.dealer.recv_multipart())
+        assert link.settled == 8 and not link.heard and "behind" not in caplog.text
+        # a database ahead of the log (a log replaced): fetched again from its start
+        link = Link(context, target, items.append, station="buoy-a", settled=20)
+        links.append(link)
+        _wait(lambda: (link.ask(), link._asked)[1] is not None, 10, "a request sent")
+        _answer(link)
+        assert "its log is behind seq 20: fetching again from seq 0" in caplog.text
+        _answer(link)
+        assert link.settled == 8
+    finally:
+        for each in links:
+            each.close()
+        log.close()
+        server.close()
+        context.term()
+    fetched = [item.record["seq"] for item in items if item.via == "catch-up"]
+    assert fetched == [1, 2, 3, 4, 5] + list(range(1, 9))
 
 
 def test_resume_starts_at_the_first_hole_not_the_highest_seq(tmp_path):
