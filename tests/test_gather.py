@@ -70,11 +70,16 @@ def _logged(path: Path) -> list[dict]:
 
 
 def _db_events(db: Path) -> list[dict]:
-    conn = sqlite3.connect(db)
+    """What the database holds now, read as the review page would (read-only, beside gather);
+    nothing before gather has created it."""
     try:
-        rows = conn.execute("SELECT record FROM events").fetchall()
-    finally:
-        conn.close()
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = conn.execute("SELECT record FROM events").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return []  # not there yet, or its tables not yet made
     return [json.loads(row[0]) for row in rows]
 
 
@@ -132,6 +137,7 @@ def test_three_daemons_one_restarted_and_gather_restarted_every_event_once(tmp_p
         daemons[1] = start_daemon(1)
         # then gather itself stops and restarts while the daemons go on logging events
         _wait(lambda: len(_logged(logs["buoy-a"])) >= 2, 40, "buoy-a's second event")
+        _wait(lambda: len(_db_events(db)) >= 2, 40, "gather storing")  # past its start-up
         _, first_counts = _stop(first)
         while_down = sum(len(_logged(path)) for path in logs.values())
         _wait(
@@ -241,10 +247,13 @@ def _stored_seqs(db: Path) -> list[int]:
     return sorted(e["seq"] for e in _db_events(db))
 
 
-def test_a_late_start_a_gap_and_a_restart_are_filled_from_catch_up(tmp_path):
-    daemon = Daemon(tmp_path / "ev.jsonl", linger_s=0.5)  # the first gather is gone
-    db = tmp_path / "shore.db"
-    target = f"{daemon.endpoint}={daemon.catchup}"
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_a_late_start_a_gap_and_a_restart_are_filled_from_catch_up(tmp_path, transport):
+    endpoint = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/w.sock"
+    daemon = Daemon(tmp_path / "ev.jsonl", linger_s=0.5, endpoint=endpoint)  # linger: the
+    db = tmp_path / "shore.db"  # first gather is gone, the daemon need not wait for it
+    # tcp: catch-up named (ENDPOINT=CATCHUP, the daemon bound a * port); ipc: derived
+    target = f"{daemon.endpoint}={daemon.catchup}" if transport == "tcp" else daemon.endpoint
     try:
         _emit(daemon, 40)  # before gather starts: only catch-up has them
         running = _Running(db, target)
