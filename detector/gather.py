@@ -10,7 +10,9 @@ when a status says the daemon is further on, and every `ASK_EVERY_S` anyway (whi
 daemon at its exit that gather holds its last event). A reply to "after N" holds every logged
 event after N up to its last one (the log is in seq order), so `settled` moves to that last one.
 A request with no answer in `REPLY_TIMEOUT_S` (the daemon down, restarting) is sent again: a link
-never gives an event up, it waits for the log that has it.
+never gives an event up, it waits for the log that has it. A reply whose log is behind what the
+link had settled (a log replaced; a run that died with events never logged) starts it again from
+that run's or the log's start, the duplicates dropped by the writer.
 """
 
 import json
@@ -288,7 +290,9 @@ class Link:
         assert isinstance(event, dict)
         self._learn(event["station"])
         self.sink(Item("event", self.target.endpoint, event, via))
-        if event["seq"] > self.settled:
+        if self.dealer is None:  # no catch-up: a gap stays a gap, nothing to keep track of
+            self.settled = max(self.settled, event["seq"])
+        elif event["seq"] > self.settled:
             self.heard.add(event["seq"])
             self._advance()
         return True
