@@ -278,6 +278,48 @@ def test_a_late_start_a_gap_and_a_restart_are_filled_from_catch_up(tmp_path, tra
     assert _stored_seqs(db) == list(range(1, 91))
 
 
+class _StarCatchup(Daemon):
+    """The harness daemon with its catch-up on a port of its own (`--catchup tcp://...:*`)."""
+
+    def __init__(self, path: Path) -> None:
+        from detector.catchup import CatchupServer
+        from detector.eventlog import EventLog
+        from detector.publish import Publisher
+        from detector.zmq_output import ZmqOutput
+
+        self.log = EventLog(path)
+        self.run, self.seq = "run-x", 0
+        self.log.start_run({"type": "run", "run": self.run, "after_seq": 0})
+        publisher = Publisher(["tcp://127.0.0.1:*"])
+        catchup = CatchupServer("tcp://127.0.0.1:*", path)
+        self.output = ZmqOutput(publisher, 0.5, catchup=catchup)
+        self.endpoint, self.catchup = publisher.endpoints[0], catchup.endpoint
+
+
+def test_gather_moves_to_the_catch_up_endpoint_a_status_names(tmp_path):
+    """A daemon with a `*` catch-up port: the derived one (port + 1) answers nothing, so gather
+    follows the one its status messages name, on the host it was given."""
+    daemon = _StarCatchup(tmp_path / "ev.jsonl")
+    db = tmp_path / "shore.db"
+    try:
+        _emit(daemon, 10)  # before gather: to be fetched, once gather finds the catch-up
+        running = _Running(db, daemon.endpoint)
+        link = running.gather.links[0]
+        assert link.catchup != daemon.catchup  # port + 1: nobody there
+        bound = daemon.catchup.replace("127.0.0.1", "0.0.0.0")  # as a daemon on * names it
+
+        def heard() -> bool:
+            status = {"station": "buoy-x", "last_seq": daemon.seq, "catchup": bound}
+            daemon.output.on_status(status)  # every heartbeat says where catch-up is
+            return _stored_seqs(db) == list(range(1, 11))
+
+        _wait(heard, 20, "the events fetched from the named catch-up")
+        assert link.catchup == daemon.catchup  # its port, on the host gather was given
+        assert running.stop()["buoy-x"].fetched == 10
+    finally:
+        daemon.close()
+
+
 def test_malformed_messages_are_skipped_and_counted_never_stored_or_fatal(tmp_path):
     from detector.publish import Publisher
 
