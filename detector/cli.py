@@ -323,4 +323,4 @@ def export_raven_cmd(events_log: Path, output: Path | None) -> None:
         fail(str(e), e.exit_status)
 
 
-main.add_command(__import__("detector.gather_cli").gather_cli.gather_cmd)
+main.add_command(__import__("detector.gather_cli", fromlist=["gather_cmd"]).gather_cmd)
