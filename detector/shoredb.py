@@ -174,8 +174,9 @@ def resume_seq(conn: sqlite3.Connection, station: str) -> int:
     dropped."""
     row = conn.execute(
         "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM events WHERE station = ?1 AND seq = 1) "
-        "THEN 0 ELSE (SELECT min(seq) FROM events AS e WHERE station = ?1 AND seq >= 1 AND "
-        "NOT EXISTS (SELECT 1 FROM events WHERE station = ?1 AND seq = e.seq + 1)) END",
+        "THEN 0 ELSE (SELECT seq FROM events AS e WHERE station = ?1 AND seq >= 1 AND "
+        "NOT EXISTS (SELECT 1 FROM events WHERE station = ?1 AND seq = e.seq + 1) "
+        "ORDER BY seq LIMIT 1) END",  # in index order: it stops at the first hole
         (station,),
     ).fetchone()
     return row[0]
