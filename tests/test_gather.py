@@ -110,7 +110,7 @@ def test_three_daemons_one_restarted_and_gather_restarted_every_event_once(tmp_p
         command = [*DAEMON, "--replay", recording.name, "--model", tiny_model, "--station",
                    station, "--events-log", logs[station], "--publish",
                    f"tcp://127.0.0.1:{ports[k]}", "--realtime", "--heartbeat", "1",
-                   "--linger", "5"]  # fmt: skip
+                   "--linger", "2"]  # fmt: skip
         return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
 
