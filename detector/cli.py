@@ -147,6 +147,7 @@ Examples:
   whale-listen decode message.sbd                  # compact SBD messages as JSON lines
   whale-listen scan archive/ --out events.csv      # a folder of recordings, on Dask, resumable
   whale-listen review --db shore.db --clips clips/ # analysts confirm detections in a browser
+  whale-listen gather tcp://buoy-1:5556 tcp://buoy-2:5556 --db shore.db  # many stations, one DB
 """
 
 # -h as well as --help, on the group and (inherited) on every subcommand
@@ -328,3 +329,4 @@ def export_raven_cmd(events_log: Path, output: Path | None) -> None:
 main.add_command(__import__("detector.decode_cli", fromlist=["decode_cmd"]).decode_cmd)
 main.add_command(__import__("detector.scan_cli", fromlist=["scan_cmd"]).scan_cmd)
 main.add_command(__import__("detector.review_cli", fromlist=["review_cmd"]).review_cmd)
+main.add_command(__import__("detector.gather_cli", fromlist=["gather_cmd"]).gather_cmd)

@@ -172,3 +172,45 @@ def events(conn: sqlite3.Connection) -> list[dict]:
     """Every stored event, by station then seq."""
     rows = conn.execute("SELECT record FROM events ORDER BY station, seq").fetchall()
     return [json.loads(row["record"]) for row in rows]
+
+
+def note_station(conn: sqlite3.Connection, station: str, endpoint: str) -> None:
+    """Say where a station is heard before its first status arrives (its health columns stay
+    empty until then), so a restarted gather knows which station an endpoint's events are."""
+    conn.execute(
+        "INSERT INTO stations (station, endpoint) VALUES (?, ?) "
+        "ON CONFLICT (station) DO UPDATE SET endpoint = excluded.endpoint",
+        (station, endpoint),
+    )
+
+
+def station_at(conn: sqlite3.Connection, endpoint: str) -> str | None:
+    """The station last heard on an endpoint, if any."""
+    row = conn.execute("SELECT station FROM stations WHERE endpoint = ?", (endpoint,)).fetchone()
+    return None if row is None else row[0]
+
+
+def resume_seq(conn: sqlite3.Connection, station: str) -> int:
+    """Where catch-up for a station starts after gather restarts: the end of its consecutive
+    stored seqs from 1 (0: seq 1 is not stored). `max_seq` would skip a hole below the highest
+    stored event (one heard live while those before it were still being fetched when gather
+    stopped); a hole the daemon's log cannot fill costs a re-fetch from there, duplicates
+    dropped."""
+    row = conn.execute(
+        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM events WHERE station = ?1 AND seq = 1) "
+        "THEN 0 ELSE (SELECT seq FROM events AS e WHERE station = ?1 AND seq >= 1 AND "
+        "NOT EXISTS (SELECT 1 FROM events WHERE station = ?1 AND seq = e.seq + 1) "
+        "ORDER BY seq LIMIT 1) END",  # in index order: it stops at the first hole
+        (station,),
+    ).fetchone()
+    return row[0]
+
+
+def stored(conn: sqlite3.Connection, stations: list[str] | None = None) -> list[tuple[dict, str]]:
+    """(event, when gather stored it) for every stored event, or those of some stations, by
+    station then seq (`events` without the receipt times)."""
+    query = "SELECT record, received FROM events"
+    if stations:
+        query += f" WHERE station IN ({', '.join('?' * len(stations))})"
+    rows = conn.execute(query + " ORDER BY station, seq", stations or ()).fetchall()
+    return [(json.loads(row["record"]), row["received"]) for row in rows]
