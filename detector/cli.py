@@ -326,7 +326,11 @@ def export_raven_cmd(events_log: Path, output: Path | None) -> None:
         fail(str(e), e.exit_status)
 
 
-main.add_command(__import__("detector.decode_cli", fromlist=["decode_cmd"]).decode_cmd)
-main.add_command(__import__("detector.scan_cli", fromlist=["scan_cmd"]).scan_cmd)
-main.add_command(__import__("detector.review_cli", fromlist=["review_cmd"]).review_cmd)
-main.add_command(__import__("detector.gather_cli", fromlist=["gather_cmd"]).gather_cmd)
+# The subcommands that live in their own modules (each imports its heavy parts when it runs).
+from detector.decode_cli import decode_cmd  # noqa: E402
+from detector.gather_cli import gather_cmd  # noqa: E402
+from detector.review_cli import review_cmd  # noqa: E402
+from detector.scan_cli import scan_cmd  # noqa: E402
+
+for _command in (decode_cmd, gather_cmd, review_cmd, scan_cmd):
+    main.add_command(_command)
