@@ -55,6 +55,7 @@ class Screen:
     context: int  # frames each side that a cell depends on, rounded up to whole cells
     hidden: tuple[np.ndarray, np.ndarray]  # head: [hidden, C * F] weights, bias
     out: tuple[np.ndarray, np.ndarray]  # [1, hidden], [1]
+    conv_flops_per_frame: float  # 2 x multiply-adds of the conv stack per stream frame
 
     def frames_power(self, samples: np.ndarray, hop: int) -> np.ndarray:
         """Mel power [n_mels, frames] of every whole frame of `samples`, PCEN-scaled."""
@@ -128,10 +129,11 @@ def load_screen(model: Model) -> Screen | None:
         return None
     if pcen is None or convs is None:
         return None
-    graph, weights, output, stride, pools, radius, dense = convs
-    cells = int(spec["frames_per_window"])
-    for pool in pools:
-        cells //= pool
+    graph, weights, output, stride, blocks, radius, dense = convs
+    cells, bands, flops, per = int(spec["frames_per_window"]), mel.shape[0], 0.0, 1
+    for size, (pool_f, pool_t) in blocks:  # cost per frame: each block at its own resolution
+        flops += 2 * size * bands / per
+        cells, bands, per = cells // pool_t, bands // pool_f, per * pool_t
     import onnxruntime as ort
 
     data = onnxproto.model(
@@ -152,6 +154,7 @@ def load_screen(model: Model) -> Screen | None:
         context=-(-radius // stride) * stride,
         hidden=dense[0],
         out=dense[1],
+        conv_flops_per_frame=flops,
     )
 
 
@@ -182,10 +185,11 @@ def _pcen_constants(nodes: list[onnxproto.Node], w: dict) -> dict | None:
 
 def _conv_stack(nodes: list[onnxproto.Node], w: dict, ops_start: int) -> tuple | None:
     """The head's conv/ReLU/max-pool blocks as a new graph, from node `ops_start` on:
-    (nodes, weights, output name, frames per cell, time pools, receptive radius in frames,
-    the two dense layers), or None when the head is laid out otherwise."""
+    (nodes, weights, output name, frames per cell, (kernel size, (frequency pool, time pool))
+    per block, receptive radius in frames, the two dense layers), or None when the head is laid
+    out otherwise."""
     ops = [n.op for n in nodes]
-    graph, weights, name, stride, pools, radius, i = [], [], "image", 1, [], 0, ops_start
+    graph, weights, name, stride, blocks, radius, i = [], [], "image", 1, [], 0, ops_start
     while ops[i] == "Conv" and ops[i + 1] == "Relu":
         conv, k = nodes[i], len(weights) // 2
         weights += [
@@ -196,6 +200,7 @@ def _conv_stack(nodes: list[onnxproto.Node], w: dict, ops_start: int) -> tuple |
         graph.append(onnxproto.node("Relu", [f"c{k}"], [f"r{k}"]))
         radius += (conv.ints["kernel_shape"][1] // 2) * stride
         name, i = f"r{k}", i + 2
+        blocks.append((w[conv.inputs[1]].size, (1, 1)))
         if ops[i] == "MaxPool":
             pool = nodes[i].ints
             if pool["kernel_shape"] != pool["strides"] or any(pool.get("pads", [0])):
@@ -203,13 +208,13 @@ def _conv_stack(nodes: list[onnxproto.Node], w: dict, ops_start: int) -> tuple |
             graph.append(onnxproto.node("MaxPool", [name], [f"p{k}"], **pool))
             name, i = f"p{k}", i + 1
             stride *= pool["strides"][1]
-            pools.append(pool["strides"][1])
+            blocks[-1] = (blocks[-1][0], tuple(pool["strides"]))
     if ops[i : i + 6] != ["ReduceMax", "Flatten", "Gemm", "Relu", "Gemm", "Squeeze"]:
         return None
     if nodes[i].ints.get("axes") != [3] or not graph:
         return None
     dense = [(w[n.inputs[1]], w[n.inputs[2]]) for n in (nodes[i + 2], nodes[i + 4])]
-    return graph, weights, name, stride, pools, radius, dense
+    return graph, weights, name, stride, blocks, radius, dense
 
 
 def threshold_logit(threshold: float) -> float:
