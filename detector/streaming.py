@@ -33,6 +33,7 @@ from detector.model import Model
 
 MARGIN_LOGIT = 4.5
 EMPTY = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+MAX_PUSH = 1 << 17  # samples scored at a time (65 s): a whole file pushed at once stays bounded
 PCEN_TAIL = ["Add", "Pow", "Div", "Add", "Pow", "Sub", "Unsqueeze"]  # after the smoother
 
 
@@ -278,10 +279,19 @@ class StreamScorer:
         return last_cell * self.screen.stride + self.screen.context
 
     def push(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        if len(block) > MAX_PUSH:
+            parts, logits = [], []
+            for i in range(0, len(block), MAX_PUSH):
+                parts.append(self.push(block[i : i + MAX_PUSH]))
+                logits.append(self.last_logits[: len(parts[-1][0])])
+            self.last_logits = np.concatenate(logits)
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         self._seen += len(block)
-        self._pending.append(np.asarray(block, dtype=np.float32).reshape(-1))
+        self._pending.append(block)
         need = (self._needs(self._next) - 1) * self.frame_hop + self.n_fft
         if self._seen < max(need, self._next * self.window_hop + WINDOW_SAMPLES):
+            self.last_logits = np.zeros(0)
             return EMPTY
         return self._score(final=False)
 
@@ -305,6 +315,7 @@ class StreamScorer:
         self._frames = have
 
     def _score(self, final: bool) -> tuple[np.ndarray, np.ndarray]:
+        self.last_logits = np.zeros(0)
         self._add_frames()
         last = (self._seen - WINDOW_SAMPLES) // self.window_hop  # last complete window
         while not final and last >= self._next and self._needs(last) > self._frames:

@@ -161,16 +161,18 @@ def test_events_identical_on_a_long_synthetic_stream(model, long_stream):
 
 
 def test_block_sizes_and_the_end_of_stream(model, long_stream):
-    """One sample at a time, odd blocks and one block give the same windows and screen; the
-    flush scores the windows held back for lookahead, up to the last complete one."""
-    audio = long_stream[: 30 * 2000 + 1234]
-    whole = run(StreamScorer(model, HOP, 0.0), audio, (len(audio),))
-    for blocks in ((1,), (7, 333, 4000), (3999,)):
-        starts, scores, logits = run(StreamScorer(model, HOP, 0.0), audio, blocks)
-        np.testing.assert_array_equal(starts, whole[0])
-        np.testing.assert_array_equal(scores, whole[1])
-        np.testing.assert_allclose(logits, whole[2], atol=1e-3)
-    assert len(whole[0]) == (len(audio) - 4000) // HOP + 1
+    """One sample at a time, odd blocks and one big block (split into bounded pushes) give the
+    same windows and screen; the flush scores the windows held back for lookahead, up to the
+    last complete one."""
+    for seconds, patterns in ((30, ((1,), (7, 333, 4000))), (150, ((3999,), (200000,)))):
+        audio = long_stream[: seconds * 2000 + 1234]
+        whole = run(StreamScorer(model, HOP, 0.0), audio, (64000,))
+        assert len(whole[0]) == (len(audio) - 4000) // HOP + 1
+        for blocks in patterns:
+            starts, scores, logits = run(StreamScorer(model, HOP, 0.0), audio, blocks)
+            np.testing.assert_array_equal(starts, whole[0])
+            np.testing.assert_array_equal(scores, whole[1])
+            np.testing.assert_allclose(logits, whole[2], atol=1e-3)
     scorer = StreamScorer(model, HOP, 0.5)
     pushed = scorer.push(audio)
     assert len(pushed[0]) < len(whole[0])  # the last windows wait for lookahead
