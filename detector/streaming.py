@@ -144,7 +144,10 @@ def load_screen(model: Model) -> Screen | None:
         [onnxproto.value_info(output, None)],
     )
     options = model.session.get_session_options()
-    session = ort.InferenceSession(data, options, providers=model.session.get_providers())
+    try:
+        session = ort.InferenceSession(data, options, providers=model.session.get_providers())
+    except Exception:  # onnxruntime's own exception types: score without the screen
+        return None
     return Screen(
         dft=dft,
         mel=mel,

@@ -184,3 +184,18 @@ def test_short_streams(model):
         audio = np.full(n, 0.01, np.float32)
         starts, scores, _ = run(StreamScorer(model, HOP, 0.0), audio, (n or 1,))
         assert len(starts) == len(scores) == ((n - 4000) // HOP + 1 if n >= 4000 else 0)
+
+
+def test_a_head_without_pcen_keeps_frames_and_head(tmp_path):
+    """The screen is built for the shipped layout only; another head scores as before."""
+    torch = pytest.importorskip("torch", reason="exports a model with the train extra")
+    from train.export import export_onnx, write_card
+    from train.frontend import FrontEndConfig
+    from train.net import UpcallDetector
+
+    torch.manual_seed(0)
+    net = UpcallDetector(FrontEndConfig(normalisation="contrast")).eval()
+    export_onnx(net, tmp_path / "m.onnx")
+    write_card(tmp_path / "m.onnx", net, threshold=0.5)
+    model = load_model(tmp_path / "m.onnx", provider="cpu", threads=1)
+    assert isinstance(make_scorer(model, HOP, 64, 0.5), FrameScorer)
