@@ -64,7 +64,7 @@ def flops_per_second(card: dict, screen, rescored: float) -> dict[str, float]:
     per_window = card["architecture"]["flops_per_window"]
     frames_s = SAMPLE_RATE / fe["hop_length"]
     windows_s = SAMPLE_RATE / HOP
-    n_bins = screen.dft.shape[0] // 2 if screen else 0
+    n_bins = screen.dft.shape[1] // 2 if screen else 0
     frame = 2 * 2 * n_bins * fe["n_fft"] + 2 * fe["n_mels"] * n_bins  # DFT + mel, one frame
     head = per_window - frame * card["streaming"]["frames_per_window"]
     out = {"per-window model": per_window * windows_s, "frames + head": frame * frames_s}

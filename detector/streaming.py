@@ -41,7 +41,7 @@ PCEN_TAIL = ["Add", "Pow", "Div", "Add", "Pow", "Sub", "Unsqueeze"]  # after the
 class Screen:
     """The shipped halves' weights, rearranged to score a whole stream approximately."""
 
-    dft: np.ndarray  # [2 * bins, n_fft]: the frames half's windowed DFT kernels
+    dft: np.ndarray  # [n_fft, 2 * bins]: the frames half's windowed DFT kernels, as columns
     mel: np.ndarray  # [n_mels, bins]
     scale: float  # PCEN: mel power brought to the scale it was trained on
     smooth: float  # the smoother's weight on the newest frame
@@ -60,10 +60,9 @@ class Screen:
 
     def frames_power(self, samples: np.ndarray, hop: int) -> np.ndarray:
         """Mel power [n_mels, frames] of every whole frame of `samples`, PCEN-scaled."""
-        n_fft = self.dft.shape[1]
-        frames = sliding_window_view(samples, n_fft)[::hop]
-        spec = frames @ self.dft.T
-        bins = self.dft.shape[0] // 2
+        n_fft, bins = self.dft.shape[0], self.dft.shape[1] // 2
+        frames = np.ascontiguousarray(sliding_window_view(samples, n_fft)[::hop])  # BLAS-ready
+        spec = frames @ self.dft
         power = np.square(spec[:, :bins]) + np.square(spec[:, bins:])
         return (self.mel @ power.T) * np.float32(self.scale)
 
@@ -104,7 +103,7 @@ def smooth(x: np.ndarray, state: np.ndarray, s: float, chunk: int = 32) -> np.nd
     keep = np.float64(1 - s)
     lag = np.arange(chunk)
     within = np.tril(s * keep ** (lag[:, None] - lag[None, :]).clip(0))  # [t, j]
-    local = padded.reshape(bands, chunks, chunk) @ within.T.astype(np.float32)
+    local = (padded.reshape(-1, chunk) @ within.T.astype(np.float32)).reshape(bands, chunks, chunk)
     k = np.arange(chunks)
     across = np.tril(keep ** (chunk * (k[:, None] - k[None, :])).clip(0))  # chunk i -> after k
     after = local[:, :, -1] @ across.T.astype(np.float32)
@@ -163,11 +162,11 @@ def load_screen(model: Model) -> Screen | None:
 
 
 def _frames_weights(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """The frames half's DFT kernels [2 * bins, n_fft] and mel matrix [n_mels, bins]."""
+    """The frames half's DFT kernels as columns [n_fft, 2 * bins], its mel matrix [n_mels, bins]."""
     nodes, w = onnxproto.read_graph(data)
     dft = next(w[n.inputs[1]] for n in nodes if n.op == "Conv")[:, 0, :]
     mel = next(w[i] for n in nodes if n.op == "MatMul" for i in n.inputs if i in w)
-    return np.ascontiguousarray(dft), np.ascontiguousarray(mel)
+    return np.ascontiguousarray(dft.T), np.ascontiguousarray(mel)
 
 
 def _pcen_constants(nodes: list[onnxproto.Node], w: dict) -> dict | None:
