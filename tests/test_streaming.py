@@ -15,6 +15,7 @@ from tests.conftest import SHARED_DATA
 from train import synth
 
 HOP = 1000  # the daemon's 0.5-s window hop
+REPO_EXAMPLE = Path(__file__).parents[1] / "examples" / "synthetic_upcalls_20261126_120000.flac"
 AUDIO = (".wav", ".aif", ".aiff")
 
 
@@ -199,3 +200,14 @@ def test_a_head_without_pcen_keeps_frames_and_head(tmp_path):
     write_card(tmp_path / "m.onnx", net, threshold=0.5)
     model = load_model(tmp_path / "m.onnx", provider="cpu", threads=1)
     assert isinstance(make_scorer(model, HOP, 64, 0.5), FrameScorer)
+
+
+def test_events_identical_on_the_readme_example(model):
+    """The recording the README's first command replays (in the repository: no shared data)."""
+    audio = sf.read(REPO_EXAMPLE, dtype="float32", always_2d=True)[0][:, 0]
+    _, exact, _ = run(WindowScorer(model, HOP), audio, (64000,))
+    for preset in ("high", "balanced", "strict"):
+        threshold = model.card["presets"][preset]["threshold"]
+        starts, scores, _ = run(StreamScorer(model, HOP, threshold), audio, (64000,))
+        ref = merge_events(np.arange(len(exact)) * HOP, exact, threshold, HOP)
+        assert ref and merge_events(starts, scores, threshold, HOP) == ref, preset
