@@ -211,3 +211,15 @@ def test_events_identical_on_the_readme_example(model):
         starts, scores, _ = run(StreamScorer(model, HOP, threshold), audio, (64000,))
         ref = merge_events(np.arange(len(exact)) * HOP, exact, threshold, HOP)
         assert ref and merge_events(starts, scores, threshold, HOP) == ref, preset
+
+
+@pytest.mark.parametrize("hop", [520, 2000, 6000])
+def test_other_window_hops(model, long_stream, hop):
+    """Other whole-frame hops, including one longer than a window (samples between windows
+    belong to none), give the per-window model's windows and events too."""
+    audio = long_stream[: 120 * 2000 + 99]
+    ref_starts, exact, _ = run(WindowScorer(model, hop), audio, (64000,))
+    starts, scores, _ = run(StreamScorer(model, hop, model.threshold), audio, (7777,))
+    np.testing.assert_array_equal(starts, ref_starts)
+    ref = merge_events(ref_starts, exact, model.threshold, hop)
+    assert merge_events(starts, scores, model.threshold, hop) == ref
