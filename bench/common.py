@@ -34,7 +34,11 @@ DCLDE_FILES = (
 SHIPPED_MODEL = REPO / "detector" / "models" / "upcall.onnx"
 HOUR_S = 3600
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-DONE_LINE = re.compile(r"done: ([\d.]+) s of audio, (\d+)x real time")
+# the CLI's last line: "done: 3600.0 s of audio in 2.37 s, 1519x real time (scoring loop 2010x)"
+DONE_LINE = re.compile(
+    r"done: ([\d.]+) s of audio in [\d.]+ s, [\d.]+x real time "
+    r"\((?:paced at 1x by [^;]*; )?scoring loop ([\d.]+)x\)"
+)
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -271,7 +275,7 @@ class ProcessResult:
     stderr_lines: list[tuple[float, str]]  # (monotonic arrival, line)
 
     def done_line(self) -> tuple[float, float] | None:
-        """(seconds of audio, x real time) from the CLI's summary line."""
+        """(seconds of audio, the scoring loop's x real time) from the CLI's summary line."""
         match = DONE_LINE.search(self.stderr)
         return (float(match.group(1)), float(match.group(2))) if match else None
 

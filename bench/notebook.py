@@ -15,7 +15,7 @@ import soundfile as sf
 from bench.common import Context, Figure, Section, goal_figure, md_table
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
 
-GOAL_RATIO = 750
+GOAL_RATIO = 1500  # issue 16
 HOP_S = 0.5
 WARMUP = 3
 

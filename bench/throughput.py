@@ -40,7 +40,8 @@ from detector.ring import RingBuffer
 from detector.windows import frame_windows
 from detector.zmq_output import ZmqOutput
 
-GOAL_X_REALTIME = 5000  # one core, hop 0.5 s
+GOAL_X_REALTIME = 15000  # one core, hop 0.5 s (issue 16, the `done:` line)
+GOAL_WALL_X = 10000  # the same run's wall clock, start-up included
 MODEL_ONLY_WINDOWS = 1000
 
 
@@ -121,10 +122,13 @@ def profile_loop(ctx: Context) -> tuple[list[str], dict[str, float]]:
     stats = pstats.Stats(profile)
     total = max(stats.total_tt, 1e-9)
     buckets = {"onnxruntime (model)": 0.0, "windowing": 0.0, "ring read/wait": 0.0}
+    buckets["stream screen (numpy)"] = 0.0
     buckets.update({"events + publish": 0.0, "level (dbfs)": 0.0, "other": 0.0})
     for (filename, _, name), (_, _, own, _, _) in stats.stats.items():
         if "onnxruntime" in filename or "onnxruntime" in name:
             key = "onnxruntime (model)"
+        elif filename.endswith("streaming.py"):
+            key = "stream screen (numpy)"
         elif filename.endswith("windows.py") or "stride_tricks" in filename:
             key = "windowing"
         elif filename.endswith("ring.py") or "threading.py" in filename or "_thread.lock" in name:
@@ -227,10 +231,13 @@ def run(ctx: Context) -> Section:
             f">= {GOAL_X_REALTIME:,}x",
             higher_is_better=True,
         ),
-        Figure(
+        goal_figure(
             "Replay, CLI, 1 thread, hop 0.5 s (wall clock incl. start-up)",
             median(cli_main["wall_x"]),
             "x real time",
+            GOAL_WALL_X,
+            f">= {GOAL_WALL_X:,}x",
+            higher_is_better=True,
         ),
         goal_figure(
             "Replay, in-process loop, 1 thread, hop 0.5 s (wall clock)",

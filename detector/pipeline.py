@@ -65,10 +65,16 @@ class Segment:
     """One unbroken stretch of a source: its own resampler and windower, at a stream offset."""
 
     def __init__(
-        self, source: Source, model: Model, window_hop: int, batch: int, base: int
+        self,
+        source: Source,
+        model: Model,
+        window_hop: int,
+        batch: int,
+        base: int,
+        threshold: float | None = None,
     ) -> None:
         self.base = base  # stream sample of the segment's first sample
-        self.scorer = make_scorer(model, window_hop, batch)
+        self.scorer = make_scorer(model, window_hop, batch, threshold)
         self.seen = 0  # 2 kHz samples pushed
         self.resampler = (
             StreamingResampler(source.samplerate, SAMPLE_RATE)
@@ -249,7 +255,12 @@ class Listener:
         c.started = time.monotonic()
         self.source = source
         merger = EventMerger(self.threshold, self.window_hop, WINDOW_SAMPLES)
-        segment = Segment(source, self.model, self.window_hop, self.batch, 0)
+        # An unpaced replay is offline work: the stream scorer (same events, far less work;
+        # its lookahead and whole-block calls would only add latency to a live card).
+        offline = reopen is None and not getattr(source, "realtime", False)
+        segment = Segment(
+            source, self.model, self.window_hop, self.batch, 0, self.threshold if offline else None
+        )
         self._next_beat = c.started + self.heartbeat_s
         last_audio = c.started
         read_max = max(self.batch * self.window_hop, SAMPLE_RATE)  # 2 kHz samples per read
@@ -269,6 +280,7 @@ class Listener:
                 elif ring.closed or (reopen is not None and now - last_audio > self.stall_s):
                     if reopen is None:
                         break
+                    self._score_rest(segment, merger, stream_start)
                     self._deliver(merger.flush(), stream_start)  # closed at the gap
                     if not self._recover(reopen, last_audio):
                         break
@@ -281,6 +293,7 @@ class Listener:
                     )
                     last_audio = now
                 self._tick(now)
+            self._score_rest(segment, merger, stream_start)
         finally:
             self._each("on_stop")
             self._deliver(merger.flush(), stream_start)
@@ -298,6 +311,14 @@ class Listener:
         segment.seen += len(block)
         c.windows += len(scores)
         self._deliver(merger.push(starts + segment.base, scores), stream_start)
+
+    def _score_rest(self, segment: Segment, merger: EventMerger, stream_start: datetime) -> None:
+        """The windows the scorer still holds (its lookahead) at the end of a segment."""
+        t0 = time.monotonic()
+        starts, scores = segment.scorer.flush()
+        self.counters.windows += len(scores)
+        self._deliver(merger.push(starts + segment.base, scores), stream_start)
+        self.counters.processing_s += time.monotonic() - t0
 
     def _check_clock(self, stream_start: datetime, received: int) -> datetime:
         """The stream start, re-anchored when the card's sample count (`received` 2 kHz samples

@@ -2,6 +2,10 @@
 
 Two ways, same numbers: `WindowScorer` cuts 2-s windows and runs the whole model on each;
 `FrameScorer` computes each STFT frame of the stream once and runs only the CNN per window.
+A third, for offline work (replay, archive scans), gives the same events rather than the same
+numbers: `detector.streaming.StreamScorer` screens windows from one shared conv map and scores
+only those near the threshold with the whole model. Every scorer has `push(block)` and
+`flush()` (the end of the stream: windows still held back for lookahead).
 At a 0.5-s window hop every frame belongs to four windows, so sharing frames removes most of the
 front end's cost. It needs the model's streaming halves and a window hop that is a whole number of
 frame hops (`window_hop`: samples between windows; `frame_hop`: samples between STFT frames).
@@ -11,7 +15,10 @@ import numpy as np
 
 from detector.constants import WINDOW_SAMPLES
 from detector.model import Model
+from detector.streaming import StreamScorer, load_screen
 from detector.windows import Windower
+
+NOTHING = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 
 class WindowScorer:
@@ -28,6 +35,9 @@ class WindowScorer:
             self.model.score(windows[i : i + self.batch]) for i in range(0, len(starts), self.batch)
         ]
         return starts, np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+    def flush(self) -> tuple[np.ndarray, np.ndarray]:
+        return NOTHING  # every complete window was scored as it arrived
 
 
 class FrameScorer:
@@ -99,9 +109,23 @@ class FrameScorer:
             self.first_frame += drop
         return starts, scores
 
+    def flush(self) -> tuple[np.ndarray, np.ndarray]:
+        return NOTHING  # every complete window was scored as it arrived
 
-def make_scorer(model: Model, window_hop: int, batch: int = 64) -> WindowScorer | FrameScorer:
-    """The shared-frame scorer when the model and the window hop allow it, else whole windows."""
+
+Scorer = WindowScorer | FrameScorer | StreamScorer
+
+
+def make_scorer(
+    model: Model, window_hop: int, batch: int = 64, threshold: float | None = None
+) -> Scorer:
+    """Offline (a threshold given): the stream scorer when the model has a screen. Otherwise,
+    and live, where its lookahead and larger calls would add latency: the shared-frame scorer
+    when the model and the window hop allow it, else whole windows."""
+    if threshold is not None and StreamScorer.supports(model, window_hop):
+        screen = load_screen(model)
+        if screen is not None:
+            return StreamScorer(model, window_hop, threshold, batch, screen)
     if FrameScorer.supports(model, window_hop):
         return FrameScorer(model, window_hop, batch)
     return WindowScorer(model, window_hop, batch)
