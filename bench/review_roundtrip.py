@@ -41,6 +41,10 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlencode
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/review_roundtrip.py`
+
+from detector.review_server import PAGE_SIZE  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 LISTEN = [sys.executable, "-c", "from detector.cli import main; main(prog_name='whale-listen')"]
 TRAIN = [
@@ -119,27 +123,11 @@ def gather_stations(data: Path, work: Path, env: dict, sensitivity: str) -> tupl
         for (station, recording, start_time), port in zip(STATIONS, ports, strict=True):
             logs[station] = work / f"{station}.events.jsonl"
             command = [
-                *LISTEN,
-                "--replay",
-                data / recording,
-                "--station",
-                station,
-                "--events-log",
-                logs[station],
-                "--clips",
-                work / "buoy-clips" / station,
-                "--publish",
-                f"tcp://127.0.0.1:{port}",
-                "--wait-subscribers",
-                "2",
-                "--heartbeat",
-                "1",
-                "--linger",
-                "60",
-                "--quiet",
-                "--sensitivity",
-                sensitivity,
-            ]
+                *LISTEN, "--replay", data / recording, "--station", station,
+                "--events-log", logs[station], "--clips", work / "buoy-clips" / station,
+                "--publish", f"tcp://127.0.0.1:{port}", "--wait-subscribers", "2",
+                "--heartbeat", "1", "--linger", "60", "--quiet", "--sensitivity", sensitivity,
+            ]  # fmt: skip
             if start_time:
                 command += ["--start-time", start_time]
             err = open(work / f"{station}.err", "w")  # noqa: SIM115 - the daemon's stderr
@@ -262,8 +250,9 @@ def wait_for_line(path: Path, pattern: str, proc: subprocess.Popen, timeout: flo
     raise Failed(f"no {pattern!r} in {path} after {timeout:.0f} s")
 
 
-def review(data: Path, work: Path, env: dict, logged: dict, limit: int | None) -> Counter:
-    """Sync the clips, add the analyst, serve the page, give verdicts through it."""
+def review(data: Path, work: Path, env: dict, logged: dict, limit: int | None) -> dict:
+    """Sync the clips, add the analyst, serve the page, give verdicts through it; the verdicts
+    given, by event id."""
     db, clips = work / "shore.db", work / "shore-clips"
     clips.mkdir(exist_ok=True)
     for station in logged:  # stands for `rsync -a buoy:/var/lib/whale-listen/clips/ clips/`
@@ -291,7 +280,7 @@ def review(data: Path, work: Path, env: dict, logged: dict, limit: int | None) -
         stderr=err,
         stdout=subprocess.DEVNULL,
     )
-    tally: Counter = Counter()
+    given: dict[str, str] = {}
     try:
         port = int(
             wait_for_line(err_path, r"review page at http://127\.0\.0\.1:(\d+)/", server, 60)[1]
@@ -307,27 +296,34 @@ def review(data: Path, work: Path, env: dict, logged: dict, limit: int | None) -
             check(health, f"{station}'s health on the stations page: {cells[:2]}")
             check(cells[6] == str(len(events)), f"{station}: {cells[6]} events on its page")
         queue = analyst.queue()
-        check(len(queue) == len(records), f"the queue shows {len(queue)} of {len(records)}")
+        shown = min(len(records), PAGE_SIZE)  # its first page
+        check(len(queue) == shown, f"the queue shows {len(queue)} of {len(records)}")
         for event_id in queue[:limit]:
             analyst.get(f"/event/{event_id}", "text/html")
             if records[event_id].get("clip"):  # what the analyst looks at and listens to
                 analyst.get(f"/event/{event_id}/spectrogram.png", "image/png")
                 analyst.get(f"/event/{event_id}/audio.wav?speed=4", "audio/wav")
-            verdict = judge(records[event_id], calls, missed)
-            analyst.verdict(event_id, verdict)
-            tally[verdict] += 1
+            given[event_id] = judge(records[event_id], calls, missed)
+            analyst.verdict(event_id, given[event_id])
         check(
-            len(analyst.queue()) == len(records) - sum(tally.values()), "the queue did not shrink"
+            len(analyst.queue()) == min(len(records) - len(given), PAGE_SIZE), "queue not shorter"
         )
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         err.close()
-    return tally
+    conn = sqlite3.connect(db)
+    stored = {
+        e: (v, who)
+        for e, v, who in conn.execute("SELECT event_id, verdict, reviewer FROM verdicts")
+    }
+    conn.close()
+    check(stored == {e: (v, REVIEWER) for e, v in given.items()}, "the verdicts table differs")
+    return given
 
 
 # -- 3. export and retrain --------------------------------------------------------------------
-def export_and_train(data: Path, work: Path, env: dict, tally: Counter) -> tuple[dict, str]:
+def export_and_train(data: Path, work: Path, env: dict, given: dict) -> tuple[dict, str]:
     db, clips = work / "shore.db", work / "shore-clips"
     written = {}
     for name in ("labels.csv", "labels.txt"):
@@ -342,12 +338,12 @@ def export_and_train(data: Path, work: Path, env: dict, tally: Counter) -> tuple
     with open(work / "labels.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     labels = Counter(row["label"] for row in rows)
-    for verdict, label in (("upcall", "upcall"), ("not", "not-upcall"), ("unsure", "unsure")):
-        check(labels[label] <= tally[verdict], f"more {label} rows than {verdict} verdicts")
+    named = {"upcall": "upcall", "not": "not-upcall", "unsure": "unsure"}
+    check(all(row["label"] == named[given[row["event_id"]]] for row in rows), "a label differs")
     left_out = re.search(r"(\d+) reviewed events left out", written["labels.csv"])
     check(
-        len(rows) + (int(left_out[1]) if left_out else 0) == sum(tally.values()),
-        f"labels.csv has {len(rows)} rows for {sum(tally.values())} verdicts",
+        len(rows) + (int(left_out[1]) if left_out else 0) == len(given),
+        f"labels.csv has {len(rows)} rows for {len(given)} verdicts",
     )
     check(all((work / row["filename"]).is_file() for row in rows), "a row names no clip")
 
@@ -394,7 +390,9 @@ def main() -> int:
         default=REPO.parent / "shared" / "data",
         help="the shared recordings (default: ../shared/data)",
     )
-    parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, help="an empty folder to keep everything in (default: a temp dir)"
+    )
     parser.add_argument(
         "--reviews",
         type=int,
@@ -415,6 +413,9 @@ def main() -> int:
             return 2
     work = args.workdir or Path(tempfile.mkdtemp(prefix="review-roundtrip-"))
     work.mkdir(parents=True, exist_ok=True)
+    if any(work.iterdir()):  # the daemons' logs would go on from an earlier run's
+        print(f"review_roundtrip: --workdir {work} is not empty", file=sys.stderr)
+        return 2
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -422,8 +423,9 @@ def main() -> int:
     began = time.monotonic()
     try:
         logged, counts = gather_stations(data, work, env, args.sensitivity)
-        tally = review(data, work, env, logged, args.reviews)
-        exported, from_review = export_and_train(data, work, env, tally)
+        given = review(data, work, env, logged, args.reviews)
+        exported, from_review = export_and_train(data, work, env, given)
+        tally = Counter(given.values())
     except Failed as e:
         print(f"review_roundtrip: FAILED: {e} (files in {work})", file=sys.stderr)
         return 1
