@@ -288,7 +288,7 @@ def stations_page(rows: list, user: str, csrf: str) -> str:
     lines = "".join(
         f'<tr><td><a href="/queue?{query(QueueFilter(station=r["station"]))}">'
         f"{escape(r['station'])}</a></td>"
-        f"<td>{escape(r['last_seen'] or 'never')}</td>"
+        f"<td>{escape(r['last_seen'] or 'no status yet')}</td>"
         f"<td>{escape(r['source_state'] or '-')}</td>"
         f"<td>{_num(r['lag_s'], '.2f', ' s')}</td>"
         f"<td>{_num(r['silent_s'], '.1f', ' s')}</td>"

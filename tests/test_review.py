@@ -2,6 +2,7 @@
 on 127.0.0.1 (login, session cookie, CSRF, clips only by event id), the export, and whale-train
 reading the export (confirmed calls positives, rejected detections hard negatives, counted)."""
 
+import csv
 import http.client
 import io
 import re
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 from detector import review_export, reviewdb, shoredb
 from detector.cli import main as listen_main
 from detector.errors import UsageError
+from detector.eventlog import read_events
 from detector.review_server import ReviewApp, make_server
 from detector.reviewdb import QueueFilter
 from tests.review_data import make_shore
@@ -475,3 +477,120 @@ def test_rejected_spans_are_drawn_as_hard_negatives(tmp_path):
     for _ in range(400):
         sampler._negative()
     assert 0.05 * 400 < len(drawn) < 0.3 * 400  # about the 15 % share
+
+
+# -- gather -> review ----------------------------------------------------------------------------
+class _Serving:
+    """The review server over a database of our own, in a thread, with a logged-in client."""
+
+    def __init__(self, db: Path, clips: Path | None) -> None:
+        conn = shoredb.connect(db)
+        reviewdb.add_user(conn, "ann", PASSWORD)
+        conn.close()
+        self.httpd = make_server(ReviewApp(db, clips), "127.0.0.1", 0)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.client = Client(self.httpd.server_address[1])
+        self.client.login()
+
+    def station_cells(self, station: str) -> list[str]:
+        """The stations page's row of one station, cell by cell (after the name)."""
+        _, page = self.client.request("GET", "/stations")
+        row = re.search(rf"<tr><td><a [^>]*>{station}</a></td>(.*?)</tr>", page.decode())
+        assert row, page
+        return re.findall(r"<td>([^<]*)</td>", row.group(1))
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_station_gather_heard_before_its_first_status_shows_no_health_yet(tmp_path):
+    """gather makes a station's row with its first event (`note_station`), health columns
+    empty until a status arrives: the stations page says so instead of 'never' seen."""
+    from tests.test_catchup import Daemon
+    from tests.test_gather import _emit, _Running, _stored_seqs, _wait
+
+    db = tmp_path / "shore.db"
+    daemon = Daemon(tmp_path / "ev.jsonl", linger_s=0.5)
+    try:
+        _emit(daemon, 3)  # events, and no status message at all
+        running = _Running(db, f"{daemon.endpoint}={daemon.catchup}")
+        _wait(lambda: _stored_seqs(db) == [1, 2, 3], 20, "the three events")
+        running.stop()
+    finally:
+        daemon.close()
+    serving = _Serving(db, None)
+    try:
+        cells = serving.station_cells("buoy-x")
+    finally:
+        serving.close()
+    # last seen, source, lag, silence, dropped, last seq, events, unreviewed, last event, endpoint
+    assert cells[:6] == ["no status yet", "-", "-", "-", "-", "-"]
+    assert cells[6:9] == ["3", "3", "2009-03-28T00:00:01.000Z"]
+    assert cells[9] == daemon.endpoint
+
+
+def test_gather_to_review_each_clip_found_from_the_path_gather_stored(tmp_path, tiny_model):
+    """The shore path with the real parts: a daemon replays with --clips and publishes; gather
+    stores what it hears; the buoy's folder is synced into the shore's (copied, then the buoy's
+    moved away); the review page finds every clip from the event's `clip` as gather stored it
+    (the buoy's absolute path), takes the verdicts, and the export has every reviewed event."""
+    import subprocess
+
+    from tests.test_cli import DAEMON
+    from tests.test_gather import _db_events, _Running, _wait, free_port_pair, write_calls
+
+    buoy, db, shore_clips = tmp_path / "buoy", tmp_path / "shore.db", tmp_path / "shore-clips"
+    buoy.mkdir()
+    write_calls(buoy / "buoy.wav", seconds=16, every_s=3.5, seed=41)
+    endpoint = f"tcp://127.0.0.1:{free_port_pair()}"
+    running = _Running(db, endpoint)
+    try:
+        replay = subprocess.run(
+            [*DAEMON, "--replay", "buoy.wav", "--model", tiny_model, "--station", "buoy-r",
+             "--events-log", "events.jsonl", "--clips", "clips", "--publish", endpoint,
+             "--wait-subscribers", "2", "--heartbeat", "1", "--linger", "20"],
+            cwd=buoy, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert replay.returncode == 0, replay.stderr
+        logged = read_events(buoy / "events.jsonl")
+        assert len(logged) >= 2, replay.stderr
+        _wait(lambda: len(_db_events(db)) == len(logged), 20, "every event stored")
+    finally:
+        running.stop()
+    stored = {e["id"]: e for e in _db_events(db)}
+    for event in stored.values():  # the buoy's path, which is not a path on shore
+        assert event["clip"] == str((buoy / "clips" / f"{event['id']}.flac").resolve())
+    shutil.copytree(buoy / "clips", shore_clips)  # what rsync does
+    buoy.rename(tmp_path / "buoy-gone")  # nothing is read from the buoy's own folder
+
+    serving = _Serving(db, shore_clips)
+    client = serving.client
+    try:
+        # events, still to review (health: a replay this short may end before its first status)
+        assert serving.station_cells("buoy-r")[6:8] == [str(len(logged))] * 2
+        csrf = client.csrf()
+        for k, event_id in enumerate(stored):
+            response, body = client.request("GET", f"/event/{event_id}/audio.wav?speed=4")
+            assert response.status == 200 and body.startswith(b"RIFF"), body[:200]
+            response, _ = client.request("GET", f"/event/{event_id}/spectrogram.png")
+            assert response.status == 200
+            verdict = ("upcall", "not")[k % 2]
+            response, _ = client.request(
+                "POST", f"/event/{event_id}/verdict", {"csrf": csrf, "verdict": verdict}
+            )
+            assert response.status == 303
+        assert serving.station_cells("buoy-r")[7] == "0"  # nothing left to review
+    finally:
+        serving.close()
+    labels = tmp_path / "labels.csv"
+    result = CliRunner().invoke(
+        listen_main, ["review", "--db", str(db), "--clips", str(shore_clips), "--export",
+                      str(labels)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "left out" not in result.output
+    with open(labels, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(r["event_id"] for r in rows) == sorted(stored)
+    assert all((tmp_path / r["filename"]).is_file() for r in rows)
