@@ -212,7 +212,7 @@ def pack_message(
     if len(records) > MAX_EVENTS:
         raise ValueError(f"{len(records)} events: a message holds at most {MAX_EVENTS}")
     flags = (HAS_STATUS if status is not None else 0) | (
-        SOURCE_DOWN if status is not None and status.get("source_state") == "down" else 0
+        SOURCE_DOWN if status is not None and status.get("source_state") not in (None, "up") else 0
     )
     header = _pack(
         HEADER,

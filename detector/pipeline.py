@@ -297,6 +297,10 @@ class Listener:
         finally:
             self._each("on_stop")
             self._deliver(merger.flush(), stream_start)
+        # The last word: a shore station that keeps health from status must not show a stopped
+        # daemon "up" forever, nor a last_seq short of its final event.
+        self.source_state = "stopped"
+        self._each("on_status", self.status().to_dict())
         return c
 
     def _score_block(

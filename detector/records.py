@@ -88,7 +88,7 @@ class Status(_Record):
     station: str
     time: str  # ISO-8601 UTC, from the clock
     source: str
-    source_state: str  # "up" or "down"
+    source_state: str  # "up", "down" (card lost), or "stopped" (the run's last status)
     model: dict  # {name, sha256, provider}
     uptime_s: float
     samples_in: int  # 2 kHz samples scored

@@ -333,8 +333,10 @@ def test_heartbeat_status_message(tmp_path, tiny_model):
         )
         assert result.exit_code == 0, result.stderr
         topic, status = subscriber.until(lambda m: m[0] == "status", timeout=10)[-1]
+        final = subscriber.until(lambda m: m[1]["source_state"] == "stopped", timeout=10)
     finally:
         subscriber.stop()
+    assert final[-1][1]["samples_in"] == 3 * SR  # the run's last status, with its whole count
     assert topic == "status" and status["type"] == "status" and status["schema"] == 1
     for name in STATUS_FIELDS:
         assert name in status, name
@@ -389,6 +391,8 @@ def test_signal_closes_the_open_event_and_exits_cleanly(tmp_path, tiny_model, si
     assert "Traceback" not in stderr
     assert any(line.startswith("whale-listen: done:") for line in stderr.splitlines()), stderr
     assert [m for t, m in got if t == "upcall"] == logged  # closed, logged and delivered
+    final = subscriber.until(lambda m: m[0] == "status" and m[1]["source_state"] == "stopped")
+    assert final[-1][1]["last_seq"] == logged[-1]["seq"]  # the last word, after the last event
     last = logged[-1]
     assert last["offset_start_s"] <= 2.0  # it opened on the first calls ...
     assert last["offset_end_s"] < 25.0  # ... and was closed by the signal, not the file's end
