@@ -6,6 +6,7 @@ The whole run fits in 10 minutes on 2 cores: the short benchmarks run first, the
 """
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -195,6 +196,15 @@ def _met(f: Figure) -> str:
     return {True: "yes", False: "**no**", None: "-"}[f.met]
 
 
+KEPT = re.compile(r"<!-- (bench/[\w.]+): begin -->\n.*?<!-- \1: end -->\n", re.S)
+
+
+def kept_sections(report: str) -> str:
+    """The sections other scripts write into the report (between their begin/end markers:
+    scan, gather, the SBD link): this run does not measure them, so it keeps them as they are."""
+    return "".join("\n" + m.group(0) for m in KEPT.finditer(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.monotonic()
@@ -234,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         sections[-1].seconds = time.monotonic() - t0
         total = time.monotonic() - t_start
         info["load average at end"] = load_average()
-        out.write_text(render(ctx, info, sections, total, live_s) + "\n")
+        kept = kept_sections(out.read_text()) if out.exists() else ""
+        out.write_text(render(ctx, info, sections, total, live_s) + "\n" + kept)
         print(f"[{total:6.1f} s] wrote {out}", file=sys.stderr)
     finally:
         if args.keep:
