@@ -214,6 +214,18 @@ def test_parquet_without_pyarrow_is_one_line_naming_it(archive, shipped_model, t
     assert not (tmp_path / "e.parquet").exists()
 
 
+def test_parquet_holds_the_same_events_as_json_lines(local_scan, archive, shipped_model, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="Parquet is the optional pyarrow extra")
+    result = _invoke(archive, *_scan_args(shipped_model, tmp_path / "e.parquet", "--workers", 1))
+    assert result.exit_code == EX_SOME_FAILED, result.stderr
+    table = pq.read_table(tmp_path / "e.parquet").to_pylist()
+    _, jsonl = local_scan
+    events = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    key = lambda r: (r["source"], r["offset_start_s"])  # noqa: E731
+    assert sorted(map(key, table)) == sorted(map(key, events)) and table
+    assert {r["score"] for r in table} == {e["score"] for e in events}
+
+
 # -- real scans ---------------------------------------------------------------------------------
 
 
