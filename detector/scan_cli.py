@@ -20,7 +20,10 @@ EX_SOME_FAILED = 3
 SCAN_SETTINGS = ("model", "sensitivity", "threshold", "hop", "channel", "batch", "station")
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
+    """SIGTERM as SIGINT is KeyboardInterrupt: a BaseException, so that no `except Exception`
+    on the way (a task's result) takes it for a failed file and scans on."""
+
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
