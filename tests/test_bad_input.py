@@ -19,7 +19,17 @@ from detector.eventlog import read_events
 from detector.model import card_path, load_card, sha256_file
 from detector.publish import Publisher
 
-from .test_cli import DAEMON, assert_one_error, invoke, replay_args, write_call_train
+from .test_audio import understate_aiff
+from .test_cli import (
+    DAEMON,
+    assert_one_error,
+    event_key,
+    invoke,
+    replay,
+    replay_args,
+    write_call_train,
+    write_synthetic,
+)
 
 
 @pytest.fixture
@@ -190,6 +200,24 @@ def test_an_unreadable_head_half_is_one_line(tmp_path, tiny_model, recording):
     result = invoke(*replay_args(recording, model, tmp_path / "e.jsonl"))
     assert result.exit_code == EX_CONFIG
     assert_one_error(result.stderr, head.name)
+
+
+# -- headers that understate the length ------------------------------------------------------
+def test_an_aiff_whose_header_understates_its_length_is_scored_to_the_end(tmp_path, tiny_model):
+    """Before: COMM and SSND left at one frame (a recorder that never patched its header) read as
+    "shorter than one 2-s window: nothing to score", exit 0, and 130 s holding 10 calls went
+    unscored."""
+    path = tmp_path / "calls_20090328_001500.aiff"
+    write_synthetic(path, seed=21, seconds=130, calls=10, lookalikes=2)
+    expected = [event_key(e) for e in replay(path, tiny_model, tmp_path / "intact.jsonl")]
+    assert expected, "the tiny model found nothing in the intact recording"
+    understate_aiff(path, 1, 2)
+    log = tmp_path / "e.jsonl"
+    result = invoke(*replay_args(path, tiny_model, log), cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert "shorter than one" not in result.stderr
+    assert "AIFF header declares 1 frames, the file holds 260000: read them all" in result.stderr
+    assert [event_key(e) for e in read_events(log)] == expected
 
 
 # -- signals during start-up ------------------------------------------------------------------
