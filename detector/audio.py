@@ -544,7 +544,8 @@ def iter_file_blocks(
     """Yield one channel of a file as float32 blocks at SAMPLE_RATE, in constant memory.
 
     A truncated file is an error before any audio, or with keep_truncated (the daemon: never
-    lose what can be detected) after every frame it holds that can be decoded."""
+    lose what can be detected) after every frame it holds that can be decoded. A NaN or
+    infinite sample ends the stream with an error after every sample before it."""
     with _open(path, keep_truncated) as opened:
         handle = opened.handle
         if not 0 <= channel < handle.channels:
@@ -564,13 +565,17 @@ def iter_file_blocks(
                     break
             got, error = _read_into(handle, buffer[:want])
             samples = buffer[:got, channel]
-            if not np.all(np.isfinite(samples)):
-                bad = frames_read + int(np.argmin(np.isfinite(samples)))
-                raise WhaleError(f"{path}: NaN or infinite sample at frame {bad}")
-            frames_read += got
+            finite = np.isfinite(samples)
+            first_bad = None if finite.all() else int(np.argmin(finite))
+            if first_bad is not None:  # the block's samples before it are scored all the same
+                samples = samples[:first_bad]
+            frames_read += len(samples)
             out = resampler.process(samples)
             if len(out):
                 yield out
+            if first_bad is not None:
+                failure = WhaleError(f"{path}: NaN or infinite sample at frame {frames_read}")
+                break
             if error is not None:
                 failure = WhaleError(
                     f"{path}: truncated or corrupt after frame {frames_read} ({error})"
