@@ -327,6 +327,9 @@ def load_config(path: Path) -> dict:
         raise ConfigError(f"config {path} is not valid TOML: {e}") from None
     except RecursionError:  # tomllib recurses once per nested array or table
         raise ConfigError(f"config {path} is not valid TOML: nested too deeply") from None
+    except ValueError as e:  # an integer of over 4,300 digits (Python's int parsing limit)
+        why = str(e).split(";")[0]  # not Python's advice to raise the limit
+        raise ConfigError(f"config {path} is not usable TOML: {why}") from None
     values = {}
     for key, value in raw.items():
         if key not in CHECKS:

@@ -103,8 +103,9 @@ def test_a_name_with_a_newline_and_an_ansi_escape_stays_on_one_escaped_line(tmp_
         ('start_time = "9999-12-31T23:59:59Z"\n', "'start_time'"),
         ('publish = ["tcp://127.0.0.1:-1"]\n', "'publish'"),
         ("[\x00]\n", "not valid TOML"),
+        ("threads = 1" + "0" * 5000 + "\n", "4300 digits"),
     ],
-    ids=["5000 nested [", "linger", "threads", "start_time", "port -1", "NUL"],
+    ids=["5000 nested [", "linger", "threads", "start_time", "port -1", "NUL", "5001 digits"],
 )
 def test_a_bad_config_file_is_one_line_and_ex_config(tmp_path, tiny_model, recording, text, name):
     config = tmp_path / "config.toml"
