@@ -115,6 +115,28 @@ def test_a_bad_config_file_is_one_line_and_ex_config(tmp_path, tiny_model, recor
     assert_one_error(result.stderr, str(config), name)
 
 
+@pytest.mark.parametrize(
+    "option, status, words",
+    [
+        ("--events-log", EX_CONFIG, "is a directory, not a file"),
+        ("--config", EX_CONFIG, "cannot read config"),
+        ("--model", EX_CONFIG, "model is a directory"),
+        ("--replay", 2, "not a file"),
+    ],
+)
+def test_a_folder_where_a_file_belongs_exits_as_the_readme_says(
+    tmp_path, tiny_model, recording, option, status, words
+):
+    """Before: click refused the folder first, as a usage error (64), while the README (and the
+    same folder in a config file) said 78 for an event log, a config file or a model."""
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    args = replay_args(recording, tiny_model, tmp_path / "e.jsonl", option, folder)
+    result = invoke(*args, cwd=tmp_path)
+    assert result.exit_code == status, result.stderr
+    assert_one_error(result.stderr, str(folder), words)
+
+
 def test_an_events_log_that_is_a_fifo_is_refused_not_waited_on(tmp_path, tiny_model, recording):
     fifo = tmp_path / "events.fifo"
     os.mkfifo(fifo)
