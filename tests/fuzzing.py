@@ -205,6 +205,7 @@ class Fuzzer:
         "config": 1.5,
         "option": 1.0,
         "signal": 0.5,
+        "documented": 1.0,
     }
 
     def __init__(self, workdir: Path, model: Path, seed: int) -> None:
@@ -370,7 +371,8 @@ class Fuzzer:
         short = self.audio[: 8 * RATE]
         if where == "replay":
             path = os.fsencode(case.folder) + b"/" + raw + b".wav"
-            _write(Path(os.fsdecode(path)), short, RATE, "WAV", "PCM_16")
+            plain = _write(case.folder / "plain.wav", short, RATE, "WAV", "PCM_16")
+            os.rename(plain, path)  # soundfile cannot open a name that is not UTF-8
             case.args = ["--replay", path, *case.args]
         else:
             recording = _write(case.folder / "short.wav", short, RATE, "WAV", "PCM_16")
@@ -419,6 +421,15 @@ class Fuzzer:
         what = f"{signum.name} after {delay:.2f} s of a --realtime replay"
         return self._case(index, "signal", what, ["--realtime"], expect,
                           self.bases["wav"].path, send=(signum, delay))  # fmt: skip
+
+    def _documented(self, rng: np.random.Generator, index: int) -> Case:
+        """One of the README table's examples that the other kinds do not draw."""
+        what, status, build = DOCUMENTED[rng.integers(len(DOCUMENTED))]
+        case = self._case(index, "documented", what, [], frozenset({status}))
+        case.args += build(case.folder, self.model, self.bases["wav"].path)  # it has events
+        at = max(i for i, arg in enumerate(case.args) if arg == "--events-log")  # the last wins
+        case.log = Path(case.args[at + 1])
+        return case
 
     def _short(self, index: int) -> Path:
         path = self.workdir / f"case-{index:05d}" / "short.wav"
@@ -562,6 +573,73 @@ BAD_OPTIONS: list[tuple[str, str | None]] = [
 ]  # fmt: skip
 
 
+def _fifo(folder: Path) -> list:
+    os.mkfifo(folder / "events.fifo")
+    return ["--events-log", folder / "events.fifo"]
+
+
+def _unix_socket(folder: Path) -> list:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(folder / "events.sock"))
+    return ["--events-log", folder / "events.sock"]
+
+
+def _model_copy(folder: Path, model: Path, edit: Callable[[Path, Path], None]) -> list:
+    copy = folder / "model"
+    shutil.copytree(model.parent, copy)
+    edit(copy / model.name, copy / (model.stem + ".json"))
+    return ["--model", copy / model.name, "--sensitivity", "balanced"]
+
+
+def _without_threshold(onnx: Path, card: Path) -> None:
+    data = json.loads(card.read_text())
+    data.pop("threshold", None)
+    data.pop("presets", None)
+    card.write_text(json.dumps(data))
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+# the README's "Bad input and exit statuses" examples: (what, status, builder of the arguments
+# after the common ones, given the case's folder, the model and the intact recording)
+DOCUMENTED: list[tuple[str, int, Callable[[Path, Path, Path], list]]] = [
+    ("a missing recording", RUNTIME, lambda f, m, r: ["--replay", f / "none.wav"]),
+    ("an empty recording", RUNTIME,
+     lambda f, m, r: ["--replay", (f / "e.wav").write_bytes(b"") or f / "e.wav"]),
+    ("a channel the file lacks", RUNTIME, lambda f, m, r: ["--replay", r, "--channel", "1"]),
+    ("an unknown device", RUNTIME, lambda f, m, r: ["--device", "no-such-card"]),
+    ("a clips folder that cannot be made", RUNTIME, lambda f, m, r: [
+        "--replay", r, "--clips", (f / "file").write_bytes(b"") or f / "file" / "clips"]),
+    ("an event log on a full disk", RUNTIME,
+     lambda f, m, r: ["--replay", r, "--events-log", "/dev/full"]),
+    ("neither --replay nor --device", USAGE, lambda f, m, r: []),
+    ("both --replay and --device", USAGE, lambda f, m, r: ["--replay", r, "--device", "hw:9"]),
+    ("a bad --mqtt URL", USAGE, lambda f, m, r: ["--replay", r, "--mqtt", "mqtt://"]),
+    ("--start-time before 1900", USAGE,
+     lambda f, m, r: ["--replay", r, "--start-time", "1899-12-31T23:59:59Z"]),
+    ("a missing config file", CONFIG, lambda f, m, r: ["--replay", r, "--config", f / "no.toml"]),
+    ("a config file that is a folder", CONFIG,
+     lambda f, m, r: ["--replay", r, "--config", _mkdir(f / "c")]),
+    ("an event log that is a FIFO", CONFIG, lambda f, m, r: ["--replay", r, *_fifo(f)]),
+    ("an event log that is a socket", CONFIG, lambda f, m, r: ["--replay", r, *_unix_socket(f)]),
+    ("an event log that is a folder", CONFIG,
+     lambda f, m, r: ["--replay", r, "--events-log", _mkdir(f / "l")]),
+    ("a missing model", CONFIG, lambda f, m, r: ["--replay", r, "--model", f / "none.onnx"]),
+    ("a corrupt model (no card)", CONFIG, lambda f, m, r: ["--replay", r, "--threshold", "0.5",
+        *_model_copy(f, m, lambda onnx, card: card.unlink() or onnx.write_bytes(b"\x08" * 999))]),
+    ("a model that is not the file its card describes", CONFIG, lambda f, m, r: [
+        "--replay", r, *_model_copy(
+            f, m, lambda onnx, card: onnx.write_bytes(onnx.read_bytes() + b"\0"))]),
+    ("a card without a threshold and no --threshold", CONFIG,
+     lambda f, m, r: ["--replay", r, *_model_copy(f, m, _without_threshold)]),
+]  # fmt: skip
+
+
 # -- running one case ---------------------------------------------------------------------------
 _CONTEXT = zmq.Context()
 # this checkout's daemon, whatever the case's working folder; no terminal, no journal
@@ -664,16 +742,22 @@ UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 def read_log(path: Path) -> tuple[list[dict], list[str]]:
     """The upcall events of an event log, and what is wrong with its lines."""
-    if not path.exists():
+    if not path.is_file():  # absent, or /dev/full (which reads as endless zeros)
         return [], []
+    return _events(path.read_bytes().splitlines(), f"event log {path.name}")
+
+
+def _events(lines: list[bytes], where: str) -> tuple[list[dict], list[str]]:
     events, bad = [], []
-    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except ValueError:
-            bad.append(f"event log line {number} is not JSON: {line[:80]!r}")
+            bad.append(f"{where} line {number} is not JSON: {line[:80]!r}")
             continue
-        if record.get("type") == "upcall":
+        if isinstance(record, dict) and record.get("type") == "upcall":
             events.append(record)
     return events, bad
 
@@ -708,16 +792,20 @@ def check(outcome: Outcome, stderr: bytes, stdout: bytes, collector: Collector) 
     problems += bad
     outcome.logged, outcome.published = len(logged), len(collector.events)
     problems += collector.bad
-    ids = {e.get("id") for e in logged}
-    lost = [e for e in collector.events if e.get("id") not in ids]  # published, never logged
-    unlogged = [line for line in stdout.splitlines() if line.strip()]  # the disk never took them
+    # the events the log never took are printed on stdout (README): the last place left
+    unlogged, bad = _events(stdout.splitlines(), "stdout")
+    problems += bad
+    if unlogged and str(case.log) != "/dev/full":
+        problems.append(f"{len(unlogged)} event(s) the log did not take, on a disk with room")
+    kept = {e.get("id") for e in logged + unlogged}
+    lost = [e for e in collector.events if e.get("id") not in kept]  # published, never saved
     summary = [int(m.group(1)) for line in lines if (m := SUMMARY.match(line))]
-    counted = summary[0] - len(logged) if summary and summary[0] > len(logged) else 0
-    outcome.events_lost = len(lost) + len(unlogged) + counted
+    counted = summary[0] - len(kept) if summary and summary[0] > len(kept) else 0
+    outcome.events_lost = len(lost) + counted
     if outcome.events_lost:
         problems.append(
-            f"events lost: {len(lost)} published but not logged, {len(unlogged)} on stdout, "
-            f"summary {summary[:1]} against {len(logged)} logged"
+            f"events lost: {len(lost)} published but neither logged nor printed, summary "
+            f"{summary[:1]} against {len(logged)} logged and {len(unlogged)} printed"
         )
     if len(collector.events) < len(logged) and not outcome.hung:
         problems.append(f"{len(logged)} events logged, only {len(collector.events)} published")
@@ -746,7 +834,16 @@ def run_many(
     kinds = list(Fuzzer.WEIGHTS)
 
     def one(index: int) -> Outcome:
-        case = fuzzer.case(index, kinds[index % len(kinds)] if every_kind else None)
+        kind = kinds[index % len(kinds)] if every_kind else None
+        try:
+            case = fuzzer.case(index, kind)
+        except Exception as e:  # the generator's own bug: reported, and the run goes on
+            folder = fuzzer.workdir / f"case-{index:05d}"
+            case = Case(fuzzer.seed, index, "generator", repr(e), [], CLEAN, folder, folder)
+            failed = Outcome(case, None, "", 0.0, 0, problems=[f"the generator failed: {e!r}"])
+            if on_outcome is not None:
+                on_outcome(failed)
+            return failed
         outcome = run_case(case)
         if on_outcome is not None:
             on_outcome(outcome)
