@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cases", type=int, default=1000, help="hostile inputs to run [1000]")
     parser.add_argument("--seed", type=int, default=14, help="generator seed [14]")
     parser.add_argument("--workers", type=int, default=2, help="runs at once [2]")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds before a run counts as a hang and is killed [60]; more on "
+                        "a loaded machine under nice")  # fmt: skip
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="[the shipped model]")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder [a temp one]")
     parser.add_argument("--write", type=Path, default=None, metavar="BENCHMARKS.md",
@@ -93,11 +96,12 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, info: dict) -> lis
         SECTION,
         "",
         f"`nice -n 19 python bench/fuzz.py --cases {args.cases} --seed {args.seed} "
-        f"--workers {args.workers}` on {info['date']} (commit {info['commit']}, {info['cpu']}, "
+        f"--workers {args.workers} --timeout {args.timeout:g}` on {info['date']} "
+        f"(commit {info['commit']}, {info['cpu']}, "
         f"{os.cpu_count()} cores shared with other work: load average {info['load_start']} at "
         f"the start, {info['load_end']} at the end), model `{args.model.name}`, "
         f"{info['wall_s'] / 60:.0f} min. Each case is one `whale-listen` process, killed "
-        f"after 60 s (a hang); peak RSS is its VmHWM from /proc, MiB.",
+        f"after {args.timeout:.0f} s (a hang); peak RSS is its VmHWM from /proc, MiB.",
         "",
         *md_table(
             ["figure", "value"],
@@ -171,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     fuzzer = Fuzzer(workdir, args.model, args.seed)
     fuzzer.prepare()
     tally = Tally(args.cases)
-    outcomes = run_many(fuzzer, list(range(args.cases)), args.workers, on_outcome=tally)
+    outcomes = run_many(
+        fuzzer, list(range(args.cases)), args.workers, on_outcome=tally, timeout=args.timeout
+    )
     info.update(wall_s=time.monotonic() - started, load_end=load_average())
     lines = report(outcomes, args, info)
     print("\n".join(lines))

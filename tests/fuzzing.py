@@ -209,7 +209,7 @@ class Fuzzer:
     }
 
     def __init__(self, workdir: Path, model: Path, seed: int) -> None:
-        self.workdir, self.model, self.seed = workdir, model, seed
+        self.workdir, self.model, self.seed = workdir.resolve(), model.resolve(), seed
         (workdir / "base").mkdir(parents=True, exist_ok=True)
         self.bases = base_recordings(workdir / "base")
         self.audio = self.bases.pop("audio")
@@ -826,6 +826,7 @@ def run_many(
     every_kind: bool = False,
     on_outcome: Callable[[Outcome], None] | None = None,
     keep: Callable[[Outcome], bool] = lambda o: bool(o.problems),
+    timeout: float = TIMEOUT_S,
 ) -> list[Outcome]:
     """Draw and run the cases in `workers` threads; each case's folder is removed unless kept.
     every_kind: case i is of kind i modulo the kinds (a short run still tries them all)."""
@@ -844,7 +845,7 @@ def run_many(
             if on_outcome is not None:
                 on_outcome(failed)
             return failed
-        outcome = run_case(case)
+        outcome = run_case(case, timeout)
         if on_outcome is not None:
             on_outcome(outcome)
         if not keep(outcome):
