@@ -453,7 +453,7 @@ def _set(card: dict, dotted: str, value: object) -> None:
 
 # card fields the README bounds, with values outside those bounds (or of the wrong type)
 CARD_FIELDS = {
-    "threshold": ["abc", None, [], True, float("nan"), float("inf"), -1, 5, 1e300],
+    "threshold": ["abc", [], True, float("nan"), float("inf"), -1, 5, 1e300],  # null: absent
     "sample_rate": [4000, 0, -2000, "2000", 1e9, None],
     "window_samples": [0, 3999, "4000", 10**12],
     "name": [5, None, [], "line\nbreak", "esc\x1b[2J"],
@@ -533,6 +533,8 @@ def _hostile_toml(rng: np.random.Generator) -> tuple[str, bytes]:
     if roll < 0.6:
         key = TEXT_KEYS[rng.integers(len(TEXT_KEYS))]
         value = TOML_TEXT_WRONG[rng.integers(len(TOML_TEXT_WRONG))]
+        if value == '""' and key in ("model", "clips", "metrics_textfile"):
+            value = "5"  # an empty path there means the default (no clips, the shipped model)
         return f"{key} = {value}", f"{key} = {value}\n".encode()
     depth = int(rng.integers(500, 20_000))
     choices = [
