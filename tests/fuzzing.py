@@ -150,9 +150,9 @@ def _flac_bytes(audio: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def base_recordings(folder: Path) -> dict[str, Base]:
+def base_recordings(folder: Path) -> tuple[dict[str, Base], np.ndarray]:
     """The 60-s recording (3 up-calls, 2 look-alikes) as 16-bit WAV, FLAC and AIFF, and as a
-    float WAV (for NaN and inf samples)."""
+    float WAV (for NaN and inf samples); and its samples."""
     audio, _ = synth.synthetic_recording(np.random.default_rng(21), BASE_SECONDS, 3, n_lookalikes=2)
     audio = sf.read(_write(folder / "q.wav", audio, RATE, "WAV", "PCM_16"), dtype="float32")[0]
     bases = {}
@@ -172,12 +172,10 @@ def base_recordings(folder: Path) -> dict[str, Base]:
             start = 0
         ends = _flac_frame_ends(audio, data) if fmt == "FLAC" else []
         bases[name] = Base(path, data, start, ends)
-    bases["audio"] = audio  # type: ignore[assignment]
-    return bases
+    return bases, audio
 
 
 # -- the generator ------------------------------------------------------------------------------
-HOSTILE_VALUES = ["abc", None, [], {}, True, float("nan"), float("inf"), -1, 0, 10**9, 1e300, ""]
 NAME_TRAPS = [
     "evil\nwhale-listen: error: forged",
     "red\x1b[31mtext\x1b[0m",
@@ -211,8 +209,7 @@ class Fuzzer:
     def __init__(self, workdir: Path, model: Path, seed: int) -> None:
         self.workdir, self.model, self.seed = workdir.resolve(), model.resolve(), seed
         (workdir / "base").mkdir(parents=True, exist_ok=True)
-        self.bases = base_recordings(workdir / "base")
-        self.audio = self.bases.pop("audio")
+        self.bases, self.audio = base_recordings(workdir / "base")
 
     def prepare(self) -> None:
         """The intact recordings' events, through the same CLI and checks as every case."""
@@ -252,8 +249,8 @@ class Fuzzer:
         log = folder / "events.jsonl"
         return Case(self.seed, index, kind, what, [*common, *args], expect, folder, log, **extra)
 
-    def _recording(self, folder: Path, rng: np.random.Generator, seconds: float,
-                   rate: int = RATE, channels: int = 1) -> np.ndarray:  # fmt: skip
+    def _recording(self, rng: np.random.Generator, seconds: float, rate: int = RATE,
+                   channels: int = 1) -> np.ndarray:  # fmt: skip
         """Synthetic calls and noise at any rate (linear interpolation: aliasing is no matter)."""
         n2k = max(1, int(seconds * RATE))
         calls = int(seconds // 10)
@@ -306,7 +303,7 @@ class Fuzzer:
         ext = "flac" if rate <= FLAC_MAX_RATE and rng.random() < 0.3 else "wav"
         expect = frozenset({RUNTIME}) if rate < 800 else CLEAN  # too low; else scored or a note
         case = self._case(index, "odd_rate", f"{rate} Hz, {seconds:.1f} s, {ext}", [], expect)
-        audio = self._recording(case.folder, rng, seconds, rate)
+        audio = self._recording(rng, seconds, rate)
         path = case.folder / f"rate_{rate}.{ext}"
         try:
             _write(path, audio, rate, FORMATS[ext], "PCM_16")
@@ -328,7 +325,7 @@ class Fuzzer:
         expect = CLEAN if channel < channels else frozenset({RUNTIME})
         case = self._case(index, "subtype", what, ["--channel", channel], expect)
         path = case.folder / f"sub.{ext}"
-        audio = self._recording(case.folder, rng, seconds, rate, channels)
+        audio = self._recording(rng, seconds, rate, channels)
         _write(path, audio, rate, FORMATS[ext], subtype)
         case.args = ["--replay", path, *case.args]
         return case
