@@ -45,6 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds before a run counts as a hang and is killed [60]; more on "
                         "a loaded machine under nice")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        type=lambda t: [int(i) for i in t.split(",")],
+        default=None,
+        metavar="I,J,...",
+        help="run only these case indices (a failure's rerun)",
+    )
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="[the shipped model]")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder [a temp one]")
     parser.add_argument("--write", type=Path, default=None, metavar="BENCHMARKS.md",
@@ -95,7 +102,7 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, info: dict) -> lis
     lines = [
         SECTION,
         "",
-        f"`nice -n 19 python bench/fuzz.py --cases {args.cases} --seed {args.seed} "
+        f"`nice -n 19 python bench/fuzz.py --cases {len(outcomes)} --seed {args.seed} "
         f"--workers {args.workers} --timeout {args.timeout:g}` on {info['date']} "
         f"(commit {info['commit']}, {info['cpu']}, "
         f"{os.cpu_count()} cores shared with other work: load average {info['load_start']} at "
@@ -174,10 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     fuzzer = Fuzzer(workdir, args.model, args.seed)
     fuzzer.prepare()
-    tally = Tally(args.cases)
-    outcomes = run_many(
-        fuzzer, list(range(args.cases)), args.workers, on_outcome=tally, timeout=args.timeout
-    )
+    indices = args.only if args.only is not None else list(range(args.cases))
+    tally = Tally(len(indices))
+    outcomes = run_many(fuzzer, indices, args.workers, on_outcome=tally, timeout=args.timeout)
     info.update(wall_s=time.monotonic() - started, load_end=load_average())
     lines = report(outcomes, args, info)
     print("\n".join(lines))
