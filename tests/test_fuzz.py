@@ -10,7 +10,7 @@ import signal
 from .fuzzing import CLEAN, Fuzzer, run_case, run_many
 
 SEED = int(os.environ.get("WHALE_LISTEN_FUZZ_SEED", "14"))
-CASES = 40  # about 30 s on 2 idle cores: each kind 3-4 times (a resampled file costs ~2 s)
+CASES = 40  # each kind 3-4 times; ~35 s of CPU in all (a resampled file ~2 s): < 1 min on 2 cores
 
 
 def test_hostile_inputs_are_one_line_and_lose_no_event(tmp_path, tiny_model):
