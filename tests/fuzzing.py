@@ -194,6 +194,7 @@ class Fuzzer:
     WEIGHTS = {
         "truncated": 3.0,
         "flipped": 2.0,
+        "corrupted": 1.5,
         "odd_rate": 1.5,
         "subtype": 1.5,
         "nonfinite": 1.0,
@@ -291,6 +292,24 @@ class Fuzzer:
         case = self._case(index, "flipped", f"{name} header bytes {', '.join(flips)}", [],
                           frozenset({0, RUNTIME}))  # fmt: skip
         path = case.folder / f"flipped.{name}"
+        path.write_bytes(bytes(data))
+        case.args = ["--replay", path, *case.args]
+        return case
+
+    def _corrupted(self, rng: np.random.Generator, index: int) -> Case:
+        """Bytes flipped inside the audio: PCM reads them as samples (exit 0), a FLAC frame fails
+        its CRC (exit 0 or 2); either way the events before the first damaged frame stay."""
+        name = str(rng.choice(["wav", "flac", "aiff"]))
+        base = self.bases[name]
+        data = bytearray(base.data)
+        spots = sorted(int(a) for a in rng.integers(len(data) // 10, len(data), rng.integers(1, 9)))
+        for at in spots:
+            data[at] ^= int(rng.integers(1, 256))
+        expect = frozenset({0, RUNTIME}) if name == "flac" else CLEAN
+        what = f"{name} bytes {', '.join(map(str, spots))} of {len(data)} flipped"
+        case = self._case(index, "corrupted", what, [], expect, intact=base.intact,
+                          before_s=base.seconds_before(spots[0]))  # fmt: skip
+        path = case.folder / f"corrupt.{name}"
         path.write_bytes(bytes(data))
         case.args = ["--replay", path, *case.args]
         return case
