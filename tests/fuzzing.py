@@ -837,6 +837,7 @@ def check(outcome: Outcome, stderr: bytes, stdout: bytes, collector: Collector) 
         expected = [k for k in case.intact if k[1] < case.before_s - MARGIN_S]
         got = [event_key(e) for e in logged][: len(expected)]
         if got != expected:
+            outcome.events_lost += max(1, len(set(expected) - set(got)))  # missing, or moved
             problems.append(
                 f"events before the cut at {case.before_s:.2f} s differ from the intact file's: "
                 f"{got} against {expected}"
