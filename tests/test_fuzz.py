@@ -41,6 +41,7 @@ def test_the_harness_catches_a_hang_a_wrong_status_and_a_lost_cut(tmp_path, tiny
                        fuzzer.bases["wav"].path, intact=[invented], before_s=30.0)  # fmt: skip
     outcome = run_case(cut)
     assert outcome.status == 0 and any("differ from the intact" in p for p in outcome.problems)
+    assert outcome.events_lost == 1
     stopped = fuzzer._case(2, "signal", "SIGTERM, expected 64", ["--realtime"], frozenset({64}),
                            fuzzer.bases["wav"].path, send=(signal.SIGTERM, 0.2))  # fmt: skip
     outcome = run_case(stopped)
