@@ -260,7 +260,9 @@ class Fuzzer:
         else:
             audio = 0.3 * synth.noise(rng, n2k) if n2k > 1 else np.zeros(1, np.float32)
         n = max(1, int(seconds * rate))
-        audio = np.interp(np.arange(n) * RATE / rate, np.arange(n2k), audio).astype(np.float32)
+        # the synthetic recording may be a sample short of n2k (its length is int(seconds * SR))
+        audio = np.interp(np.arange(n) * RATE / rate, np.arange(len(audio)), audio)
+        audio = audio.astype(np.float32)
         if channels > 1:
             audio = np.stack([np.roll(audio, 37 * c) for c in range(channels)], axis=1)
         return audio
