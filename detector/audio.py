@@ -238,11 +238,12 @@ class _Patched:
         self._file.close()
 
 
-def _plausible_chunk(header: bytes, end: int, file_size: int) -> bool:
-    """Whether 8 bytes are a RIFF chunk header (ASCII id, a size that fits in the file)."""
+def _plausible_chunk(header: bytes, end: int, file_size: int, order: str = "<") -> bool:
+    """Whether 8 bytes are a chunk header (ASCII id, a size that fits in the file): RIFF's
+    sizes are little-endian ("<"), AIFF's big-endian (">")."""
     if len(header) < 8:
         return False
-    chunk_id, size = header[:4], struct.unpack("<I", header[4:8])[0]
+    chunk_id, size = header[:4], struct.unpack(order + "I", header[4:8])[0]
     return (
         all(0x20 <= c < 0x7F for c in chunk_id)
         and chunk_id[0] != 0x20
@@ -276,6 +277,66 @@ def _wav_fix(f: BinaryIO, file_size: int) -> tuple[dict[int, bytes], str | None]
             real = min(file_size - start, 0xFFFFFFFE)
             note = f"WAV header declares {size} data bytes, the file holds {real}: read them all"
             return {pos + 4: struct.pack("<I", real)}, note
+        pos += 8 + size + (size & 1)
+    return {}, None
+
+
+# bytes per sample of an AIFF-C compression type whose samples are stored plainly
+_AIFC_SAMPLE_BYTES = {b"fl32": 4, b"FL32": 4, b"fl64": 8, b"FL64": 8, b"ulaw": 1, b"ULAW": 1,
+                      b"alaw": 1, b"ALAW": 1}  # fmt: skip
+_AIFC_PCM = {b"NONE", b"twos", b"sowt", b"raw ", b"in24", b"in32", b"42ni", b"23ni"}
+
+
+def _aiff_frame_bytes(comm: bytes, aifc: bool) -> int | None:
+    """Bytes per frame from a COMM chunk's body, or None for a compressed encoding."""
+    if len(comm) < 18 or (aifc and len(comm) < 22):
+        return None
+    channels, bits = struct.unpack(">H", comm[0:2])[0], struct.unpack(">H", comm[6:8])[0]
+    kind = comm[18:22] if aifc else b"NONE"
+    sample = -(-bits // 8) if kind in _AIFC_PCM else _AIFC_SAMPLE_BYTES.get(kind)
+    return channels * sample if sample and channels else None
+
+
+def _aiff_fix(f: BinaryIO, file_size: int) -> tuple[dict[int, bytes], str | None]:
+    """An AIFF whose SSND chunk (and COMM's frame count) claims less than the file holds.
+
+    A recorder that writes its header first and dies before patching it leaves the sizes of
+    its first block there; libsndfile believes the SSND size and stops early (it already
+    reads on when only COMM understates). As for WAV: bytes past the declared end that are
+    not another chunk's header are audio, up to the last whole frame in the file."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"FORM" or head[8:12] not in (b"AIFF", b"AIFC"):
+        return {}, None
+    pos, comm_at, comm = 12, None, b""
+    for _ in range(_MAX_CHUNKS):
+        f.seek(pos)
+        header = f.read(8)
+        if len(header) < 8:
+            return {}, None
+        size = struct.unpack(">I", header[4:8])[0]
+        if header[:4] == b"COMM":
+            comm_at, comm = pos, f.read(min(size, 64))
+        elif header[:4] == b"SSND":
+            start, end = pos + 8, pos + 8 + size + (size & 1)
+            frame_bytes = _aiff_frame_bytes(comm, head[8:12] == b"AIFC")
+            if end >= file_size or size in _UNFINISHED_SIZES - {0} or frame_bytes is None:
+                return {}, None
+            f.seek(end)
+            if _plausible_chunk(f.read(8), end, file_size, ">"):
+                return {}, None
+            f.seek(start)
+            skip = f.read(4)
+            offset = struct.unpack(">I", skip)[0] if len(skip) == 4 else 0
+            real = min(file_size - start, 0xFFFFFFFE)
+            frames = max(0, real - 8 - offset) // frame_bytes
+            note = (
+                f"AIFF header declares {max(0, size - 8 - offset) // frame_bytes} frames, the "
+                f"file holds {frames}: read them all"
+            )
+            patches = {pos + 4: struct.pack(">I", real)}
+            if comm_at is not None:
+                patches[comm_at + 10] = struct.pack(">I", frames)  # COMM's numSampleFrames
+            return patches, note
         pos += 8 + size + (size & 1)
     return {}, None
 
@@ -372,6 +433,9 @@ def _header_fix(path: Path) -> tuple[dict[int, bytes], int | None, str | None]:
             return patches, None, note
         if magic == b"fLaC":
             return _flac_fix(f, file_size)
+        if magic == b"FORM":
+            patches, note = _aiff_fix(f, file_size)
+            return patches, None, note
     return {}, None, None
 
 
@@ -480,7 +544,8 @@ def iter_file_blocks(
     """Yield one channel of a file as float32 blocks at SAMPLE_RATE, in constant memory.
 
     A truncated file is an error before any audio, or with keep_truncated (the daemon: never
-    lose what can be detected) after every frame it holds that can be decoded."""
+    lose what can be detected) after every frame it holds that can be decoded. A NaN or
+    infinite sample ends the stream with an error after every sample before it."""
     with _open(path, keep_truncated) as opened:
         handle = opened.handle
         if not 0 <= channel < handle.channels:
@@ -500,13 +565,17 @@ def iter_file_blocks(
                     break
             got, error = _read_into(handle, buffer[:want])
             samples = buffer[:got, channel]
-            if not np.all(np.isfinite(samples)):
-                bad = frames_read + int(np.argmin(np.isfinite(samples)))
-                raise WhaleError(f"{path}: NaN or infinite sample at frame {bad}")
-            frames_read += got
+            finite = np.isfinite(samples)
+            first_bad = None if finite.all() else int(np.argmin(finite))
+            if first_bad is not None:  # the block's samples before it are scored all the same
+                samples = samples[:first_bad]
+            frames_read += len(samples)
             out = resampler.process(samples)
             if len(out):
                 yield out
+            if first_bad is not None:
+                failure = WhaleError(f"{path}: NaN or infinite sample at frame {frames_read}")
+                break
             if error is not None:
                 failure = WhaleError(
                     f"{path}: truncated or corrupt after frame {frames_read} ({error})"

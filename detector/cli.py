@@ -165,7 +165,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @setting_options
 @click.option(
     "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # a folder: load_config's "cannot read", exit 78
     help="TOML config file (keys as in deploy/config.example.toml); the command line overrides it.",
 )
 @click.version_option(__version__, "--version", prog_name="whale-listen")

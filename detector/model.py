@@ -140,7 +140,7 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
 
     path = Path(path) if path else DEFAULT_MODEL
     if not path.is_file():
-        raise ConfigError(f"model not found: {path}")
+        raise ConfigError(f"model {'is a directory' if path.is_dir() else 'not found'}: {path}")
     card = load_card(path)
     sha256 = sha256_file(path)
     _check_sha(path, sha256, card.get("sha256"), card_path(path))

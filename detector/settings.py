@@ -175,6 +175,9 @@ class FiniteFloatRange(click.FloatRange):
 
 
 FILE = click.Path(dir_okay=False, path_type=Path)
+# a folder given as the recording, model or event log is that setting's own error, as from a
+# config file (README: a model or event log 78, a recording 2), not click's usage error
+CHECKED_FILE = click.Path(path_type=Path)
 DIRECTORY = click.Path(file_okay=False, path_type=Path)
 SENSITIVITIES = ("high", "balanced", "strict")
 
@@ -210,7 +213,7 @@ _hostname = field(default_factory=socket.gethostname)
 MAX_THREADS = 64  # onnxruntime makes every thread at start: 1000 of them never finish starting
 OPTIONS: tuple[Option, ...] = (
     Option("replay", None, _path_or_none, "Replay an AIFF/WAV/FLAC recording (any sample rate) "
-           "instead of a device.", click_type=FILE, metavar="FILE"),
+           "instead of a device.", click_type=CHECKED_FILE, metavar="FILE"),
     Option("device", None, _device, "Sound card: index, name, or ALSA card such as hw:1.",
            toml=(str, int), metavar="NAME|INDEX"),
     Option("channel", 0, Number(int, 0, 255), "Input channel of a multi-channel file or card "
@@ -229,7 +232,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("threshold", None, Number(float, 0, 1), "Event threshold on the up-call probability "
            "(0-1); overrides --sensitivity.", "the preset's", float, metavar="P"),
     Option("model", None, _path_or_none, "ONNX model file (NAME.onnx, its card NAME.json beside "
-           "it).", "shipped model", click_type=FILE, metavar="FILE"),
+           "it).", "shipped model", click_type=CHECKED_FILE, metavar="FILE"),
     Option("provider", "auto", _choice("auto", "cpu", "cuda"), "onnxruntime execution provider.",
            "auto", click_type=click.Choice(["auto", "cpu", "cuda"])),
     Option("threads", 1, Number(int, 0, MAX_THREADS), "Model CPU threads (count, 0-64; 0 = all "
@@ -249,7 +252,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("events_log", Path("whale-listen-events.jsonl"), _path,
            "Durable JSON-lines log of every event (file, "
            "appended and fsynced).", "`whale-listen-events.jsonl`",
-           click_type=FILE, metavar="FILE"),
+           click_type=CHECKED_FILE, metavar="FILE"),
     Option("wait_subscribers", 0, Number(int, 0, 10000), "Replay: wait for this many subscribers "
            "(count) before starting.", "0", int, metavar="N"),
     Option("linger", 2.0, Number(float, 0, 3600), "Seconds to deliver the last events "
@@ -349,6 +352,9 @@ def load_config(path: Path) -> dict:
         raise ConfigError(f"config {path} is not valid TOML: {e}") from None
     except RecursionError:  # tomllib recurses once per nested array or table
         raise ConfigError(f"config {path} is not valid TOML: nested too deeply") from None
+    except ValueError as e:  # an integer of over 4,300 digits (Python's int parsing limit)
+        why = str(e).split(";")[0]  # not Python's advice to raise the limit
+        raise ConfigError(f"config {path} is not usable TOML: {why}") from None
     values = {}
     for key, value in raw.items():
         if key not in CHECKS:

@@ -71,6 +71,8 @@ def _open_replay(settings: Settings) -> Input | None:
         )
         return None
     opened = Input(source, None, settings.start_time or parse_start_time(settings.replay.name))
+    if source.info.header_note is not None:  # a header that understated the length
+        opened.notes.append(f"{settings.replay}: {source.info.header_note}")
     if opened.stream_start is None:
         opened.stream_start = datetime.now(UTC)
         opened.notes.append(

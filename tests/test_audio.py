@@ -181,6 +181,23 @@ def test_nan_samples(tmp_path: Path) -> None:
         read_audio(path)
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("block_frames", [16384, 1000])
+def test_every_sample_before_a_nan_is_delivered(
+    tmp_path: Path, value: float, block_frames: int
+) -> None:
+    """Before: the whole block holding the NaN was thrown away (up to 8.2 s of a replay: the
+    fuzz test found an up-call 7 s before a NaN missing)."""
+    x = np.random.default_rng(4).uniform(-0.5, 0.5, 60000).astype(np.float32)
+    at = 24561
+    x[at : at + 3] = value
+    path = tmp_path / "nan.wav"
+    sf.write(path, x, SAMPLE_RATE, subtype="FLOAT")
+    got, error = read_until_error(path, block_frames)
+    assert error is not None and f"NaN or infinite sample at frame {at}" in str(error)
+    np.testing.assert_array_equal(got, x[:at])
+
+
 def test_channel_out_of_range(tmp_path: Path) -> None:
     path = valid_wav(tmp_path / "mono.wav")
     with pytest.raises(WhaleError, match="mono.wav.*channel 1"):
@@ -327,6 +344,85 @@ def test_flac_understated_and_truncated_delivers_then_fails(tmp_path: Path) -> N
     assert error is not None and "both.flac" in str(error)
     assert len(got) > 0.75 * len(x) - 2 * 4096
     np.testing.assert_array_equal(got, x[: len(got)])
+
+
+def aiff_chunks(data: bytes) -> dict[bytes, int]:
+    """Where each chunk of an AIFF/AIFF-C file starts (its 4-byte id)."""
+    assert data[:4] == b"FORM" and data[8:12] in (b"AIFF", b"AIFC")
+    chunks, pos = {}, 12
+    while pos + 8 <= len(data):
+        size = struct.unpack_from(">I", data, pos + 4)[0]
+        chunks[data[pos : pos + 4]] = pos
+        pos += 8 + size + (size & 1)
+    return chunks
+
+
+def understate_aiff(path: Path, frames: int, frame_bytes: int) -> Path:
+    """The header of a recorder that wrote its first `frames` and died before patching it: COMM's
+    numSampleFrames and SSND's size both say `frames`, the file holds them all."""
+    data = bytearray(path.read_bytes())
+    chunks = aiff_chunks(bytes(data))
+    struct.pack_into(">I", data, chunks[b"COMM"] + 10, frames)
+    struct.pack_into(">I", data, chunks[b"SSND"] + 4, 8 + frames * frame_bytes)
+    path.write_bytes(bytes(data))
+    return path
+
+
+AIFF_SUBTYPES = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4, "ULAW": 1, "PCM_S8": 1}
+
+
+@pytest.mark.parametrize("subtype", list(AIFF_SUBTYPES))
+@pytest.mark.parametrize("declared", [1, 3])
+def test_aiff_with_understated_header_is_read_to_the_end(
+    tmp_path: Path, declared: int, subtype: str
+) -> None:
+    """Before: libsndfile believed the SSND size and read 1-3 frames of a 10-s file."""
+    path = tmp_path / "under.aiff"
+    x = np.random.default_rng(9).uniform(-0.5, 0.5, 10 * SAMPLE_RATE).astype(np.float32)
+    sf.write(path, x, SAMPLE_RATE, subtype=subtype)
+    intact = read_audio(path)
+    understate_aiff(path, declared, AIFF_SUBTYPES[subtype])
+    assert sf.info(str(path)).frames <= declared  # libsndfile believes the header
+    info = audio_info(path)
+    assert info.frames == len(x) and info.truncation is None
+    assert info.header_note is not None and f"declares {declared} frames" in info.header_note
+    np.testing.assert_array_equal(read_audio(path), intact)
+    got, error = read_until_error(path, 16384)
+    assert error is None and len(got) == len(x)
+
+
+@pytest.mark.parametrize("declared", [0, 1, 3])
+def test_aiff_with_only_comm_understated_is_read_to_the_end(tmp_path: Path, declared: int) -> None:
+    """SSND's size right, COMM's frame count low: libsndfile goes by SSND, so the reader leaves
+    such a header alone (pinned here: the reader relies on it)."""
+    path = tmp_path / "comm.aiff"
+    x = np.random.default_rng(9).uniform(-0.5, 0.5, 10 * SAMPLE_RATE).astype(np.float32)
+    sf.write(path, x, SAMPLE_RATE, subtype="PCM_16")
+    intact = read_audio(path)
+    patched(path, aiff_chunks(path.read_bytes())[b"COMM"] + 10, ">I", declared)
+    assert audio_info(path).frames == len(x)
+    np.testing.assert_array_equal(read_audio(path), intact)
+
+
+def test_aiff_understated_reads_up_to_the_last_whole_frame(tmp_path: Path) -> None:
+    path = tmp_path / "odd.aiff"
+    x = np.random.default_rng(9).uniform(-0.5, 0.5, (5000, 2)).astype(np.float32)
+    sf.write(path, x, SAMPLE_RATE, subtype="PCM_24")  # 6 bytes a frame
+    intact = read_audio(path, channel=1)
+    understate_aiff(path, 1, 6)
+    path.write_bytes(path.read_bytes() + b"\x01\x02\x03\x04\x05")  # a frame cut short
+    assert audio_info(path).frames == 5000
+    np.testing.assert_array_equal(read_audio(path, channel=1), intact)
+
+
+def test_aiff_sound_followed_by_a_chunk_is_not_extended(tmp_path: Path) -> None:
+    path = tmp_path / "annotated.aiff"
+    x = noise_file(tmp_path / "x.wav", 3.0)
+    sf.write(path, x, SAMPLE_RATE, format="AIFF", subtype="PCM_16")
+    data = path.read_bytes() + b"ANNO" + struct.pack(">I", 6) + b"whale!"
+    path.write_bytes(data[:4] + struct.pack(">I", len(data) - 8) + data[8:])
+    assert audio_info(path).frames == len(x) and audio_info(path).header_note is None
+    np.testing.assert_array_equal(read_audio(path), x)
 
 
 ODD_RATES = [44100, 96001, 4_000_037]  # 96,001 Hz built 358 MB of filter, 4,000,037 Hz 9.3 GB

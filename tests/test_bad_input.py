@@ -19,7 +19,17 @@ from detector.eventlog import read_events
 from detector.model import card_path, load_card, sha256_file
 from detector.publish import Publisher
 
-from .test_cli import DAEMON, assert_one_error, invoke, replay_args, write_call_train
+from .test_audio import understate_aiff
+from .test_cli import (
+    DAEMON,
+    assert_one_error,
+    event_key,
+    invoke,
+    replay,
+    replay_args,
+    write_call_train,
+    write_synthetic,
+)
 
 
 @pytest.fixture
@@ -93,8 +103,9 @@ def test_a_name_with_a_newline_and_an_ansi_escape_stays_on_one_escaped_line(tmp_
         ('start_time = "9999-12-31T23:59:59Z"\n', "'start_time'"),
         ('publish = ["tcp://127.0.0.1:-1"]\n', "'publish'"),
         ("[\x00]\n", "not valid TOML"),
+        ("threads = 1" + "0" * 5000 + "\n", "4300 digits"),
     ],
-    ids=["5000 nested [", "linger", "threads", "start_time", "port -1", "NUL"],
+    ids=["5000 nested [", "linger", "threads", "start_time", "port -1", "NUL", "5001 digits"],
 )
 def test_a_bad_config_file_is_one_line_and_ex_config(tmp_path, tiny_model, recording, text, name):
     config = tmp_path / "config.toml"
@@ -102,6 +113,28 @@ def test_a_bad_config_file_is_one_line_and_ex_config(tmp_path, tiny_model, recor
     result = invoke(*replay_args(recording, tiny_model, tmp_path / "e.jsonl"), "--config", config)
     assert result.exit_code == EX_CONFIG, result.stderr
     assert_one_error(result.stderr, str(config), name)
+
+
+@pytest.mark.parametrize(
+    "option, status, words",
+    [
+        ("--events-log", EX_CONFIG, "is a directory, not a file"),
+        ("--config", EX_CONFIG, "cannot read config"),
+        ("--model", EX_CONFIG, "model is a directory"),
+        ("--replay", 2, "not a file"),
+    ],
+)
+def test_a_folder_where_a_file_belongs_exits_as_the_readme_says(
+    tmp_path, tiny_model, recording, option, status, words
+):
+    """Before: click refused the folder first, as a usage error (64), while the README (and the
+    same folder in a config file) said 78 for an event log, a config file or a model."""
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    args = replay_args(recording, tiny_model, tmp_path / "e.jsonl", option, folder)
+    result = invoke(*args, cwd=tmp_path)
+    assert result.exit_code == status, result.stderr
+    assert_one_error(result.stderr, str(folder), words)
 
 
 def test_an_events_log_that_is_a_fifo_is_refused_not_waited_on(tmp_path, tiny_model, recording):
@@ -190,6 +223,24 @@ def test_an_unreadable_head_half_is_one_line(tmp_path, tiny_model, recording):
     result = invoke(*replay_args(recording, model, tmp_path / "e.jsonl"))
     assert result.exit_code == EX_CONFIG
     assert_one_error(result.stderr, head.name)
+
+
+# -- headers that understate the length ------------------------------------------------------
+def test_an_aiff_whose_header_understates_its_length_is_scored_to_the_end(tmp_path, tiny_model):
+    """Before: COMM and SSND left at one frame (a recorder that never patched its header) read as
+    "shorter than one 2-s window: nothing to score", exit 0, and 130 s holding 10 calls went
+    unscored."""
+    path = tmp_path / "calls_20090328_001500.aiff"
+    write_synthetic(path, seed=21, seconds=130, calls=10, lookalikes=2)
+    expected = [event_key(e) for e in replay(path, tiny_model, tmp_path / "intact.jsonl")]
+    assert expected, "the tiny model found nothing in the intact recording"
+    understate_aiff(path, 1, 2)
+    log = tmp_path / "e.jsonl"
+    result = invoke(*replay_args(path, tiny_model, log), cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert "shorter than one" not in result.stderr
+    assert "AIFF header declares 1 frames, the file holds 260000: read them all" in result.stderr
+    assert [event_key(e) for e in read_events(log)] == expected
 
 
 # -- signals during start-up ------------------------------------------------------------------
