@@ -14,6 +14,10 @@ from detector.publish import Publisher
 from detector.settings import Settings
 
 WAIT_SLICE_S = 0.2  # a wait for subscribers still notices SIGTERM/SIGINT this often
+# A client started before the daemon retries its refused connect every 0.1-0.2 s (libzmq's
+# reconnect interval plus jitter): a daemon that exits sooner after binding (a fast replay)
+# would leave it nothing, not even catch-up. So, within --linger, it stays this long.
+CONNECT_GRACE_S = 1.0
 
 
 class ZmqOutput(Output):
@@ -33,6 +37,7 @@ class ZmqOutput(Output):
         self.wait_subscribers = wait_subscribers
         self.catchup = catchup  # serves the log to subscribers that missed events
         self.last_seq = 0
+        self.bound_at = time.monotonic()  # the publisher and catch-up are bound by now
 
     def prepare(self, stopped: Callable[[], bool]) -> None:
         if not self.wait_subscribers:
@@ -56,13 +61,17 @@ class ZmqOutput(Output):
         return fields
 
     def close(self) -> None:
-        """Up to `linger_s`: wait for the catch-up clients to hold the last event (they fetch
-        what the publisher could not deliver), then give the queued messages what is left.
-        The exit line says how many events the clients still behind may have to fetch."""
+        """Up to `linger_s`: stay reachable CONNECT_GRACE_S after binding, wait for the
+        catch-up clients to hold the last event (they fetch what the publisher could not
+        deliver), then give the queued messages what is left. The exit line says how many
+        events the clients still behind may have to fetch."""
         deadline = time.monotonic() + self.linger_s
+        grace_end = min(deadline, self.bound_at + CONNECT_GRACE_S)
         try:
             if self.catchup is not None:
-                while time.monotonic() < deadline and any(self.catchup.behind(self.last_seq)):
+                while time.monotonic() < deadline and (
+                    time.monotonic() < grace_end or any(self.catchup.behind(self.last_seq))
+                ):
                     time.sleep(0.05)
                 behind = [n for n in self.catchup.behind(self.last_seq) if n]
                 if behind:
