@@ -144,6 +144,7 @@ Examples:
   whale-listen --config /etc/whale-listen/config.toml
   whale-listen subscribe tcp://127.0.0.1:5556      # print what a listener publishes
   whale-listen export-raven events.jsonl           # a Raven Pro selection table
+  whale-listen keygen /etc/whale-listen/curve --name buoy  # CURVE keys for access control
 """
 
 # -h as well as --help, on the group and (inherited) on every subcommand
@@ -255,18 +256,34 @@ def _signals_ignored() -> Iterator[None]:
     help="Start with the logged events after this seq (0: the whole log).  "
     "[default: the daemon's current run]",
 )
+@click.option(
+    "--curve-secret",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="This client's CURVE secret certificate (NAME.key_secret from whale-listen keygen), "
+    "for a daemon with access control; needs --server-key.  [default: plaintext]",
+)
+@click.option(
+    "--server-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The daemon's CURVE public key (its NAME.key); needs --curve-secret.",
+)
 def subscribe_cmd(
     endpoint: str,
     topics: tuple[str, ...],
     timeout: float | None,
     catchup: str,
     since_seq: int | None,
+    curve_secret: Path | None,
+    server_key: Path | None,
 ) -> None:
     """Print what a whale-listen publisher sends, one JSON object per line.
 
     Every event once, in seq order, fetching what the stream missed from the daemon's catch-up
     endpoint."""
     from detector.catchup import resolve
+    from detector.curve import client_keys
     from detector.settings import _catchup, _check_endpoint
     from detector.subscriber import Follower, subscribe
 
@@ -278,9 +295,10 @@ def subscribe_cmd(
             catchup_at = resolve(catchup, [endpoint])
         except ValueError as e:
             raise UsageError(str(e)) from None
+        curve = client_keys(curve_secret, server_key)
         follower = None
         if catchup_at is None or (topics and "upcall" not in topics):
-            messages = subscribe(endpoint, list(topics) or None, timeout)
+            messages = subscribe(endpoint, list(topics) or None, timeout, curve)
         else:
             follower = Follower(
                 endpoint,
@@ -288,6 +306,7 @@ def subscribe_cmd(
                 statuses=not topics or "status" in topics,
                 since_seq=since_seq,
                 discover=catchup == "auto",
+                curve=curve,
             )
             messages = follower.follow(timeout)
         try:
@@ -320,3 +339,6 @@ def export_raven_cmd(events_log: Path, output: Path | None) -> None:
         click.echo(str(export_raven(events_log, output)))
     except WhaleError as e:
         fail(str(e), e.exit_status)
+
+
+main.add_command(__import__("detector.keygen_cli", fromlist=["keygen_cmd"]).keygen_cmd)

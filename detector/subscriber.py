@@ -10,19 +10,26 @@ from collections.abc import Iterator
 
 import zmq
 
+from detector.curve import ClientKeys
 from detector.errors import WhaleError
 
 
 def subscribe(
-    endpoint: str, topics: list[str] | None = None, timeout: float | None = None
+    endpoint: str,
+    topics: list[str] | None = None,
+    timeout: float | None = None,
+    curve: ClientKeys | None = None,
 ) -> Iterator[tuple[str, dict]]:
     """Yield (topic, event) from a publisher as they arrive.
 
-    With a timeout, stops once that many seconds pass without a message.
+    With a timeout, stops once that many seconds pass without a message. With `curve`, as an
+    encrypted client of a daemon with access control (`detector.curve`).
     """
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     try:
+        if curve is not None:
+            curve.apply(socket)
         try:
             socket.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -66,6 +73,7 @@ class Follower:
         since_seq: int | None = None,
         rcvhwm: int = 1000,
         discover: bool = False,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.statuses = statuses
         self.since_seq = since_seq
@@ -75,6 +83,8 @@ class Follower:
         self._dealer = self._context.socket(zmq.DEALER)
         for socket in (self._sub, self._dealer):
             socket.setsockopt(zmq.LINGER, 0)  # unanswered requests must not hold the exit
+            if curve is not None:
+                curve.apply(socket)
         self.catchup = catchup
         self.discover = discover  # follow the catch-up endpoint that status messages name
         self.held: dict[int, dict] = {}  # events received or fetched, not yet yielded
@@ -107,7 +117,10 @@ class Follower:
             self._acks.add(self._ids)
         else:
             self._asked, self._asked_at = self._ids, time.monotonic()
-        self._dealer.send_multipart([b"", json.dumps(request).encode()])
+        try:  # never blocks: a connection refused (CURVE) leaves a DEALER nowhere to queue
+            self._dealer.send_multipart([b"", json.dumps(request).encode()], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # not sent: asked again after REPLY_TIMEOUT_S, like a request lost
 
     @property
     def holding(self) -> int | None:

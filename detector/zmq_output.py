@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from detector.catchup import CatchupServer, resolve
+from detector.curve import server_keys
 from detector.errors import WhaleError
 from detector.journal import say
 from detector.outputs import Output
@@ -88,7 +89,9 @@ class ZmqOutput(Output):
 
     def describe(self) -> str:
         catchup = f", catch-up on {self.catchup.endpoint}" if self.catchup is not None else ""
-        return f"publishing on {', '.join(self.publisher.endpoints)}{catchup}"
+        curve = f" (CURVE, {self.publisher.allowed} allowed client key(s))"
+        curve = curve if self.publisher.allowed else ""
+        return f"publishing on {', '.join(self.publisher.endpoints)}{catchup}{curve}"
 
 
 def refuse_live_ipc(endpoint: str) -> None:
@@ -118,9 +121,12 @@ def open_output(settings: Settings) -> ZmqOutput:
     endpoint = resolve(settings.catchup, list(settings.publish))
     if endpoint is not None:
         refuse_live_ipc(endpoint)
-    publisher = Publisher(list(settings.publish))
+    curve = server_keys(settings.curve_secret, settings.curve_allow)
+    publisher = Publisher(list(settings.publish), curve)
     try:
-        catchup = CatchupServer(endpoint, settings.events_log) if endpoint is not None else None
+        catchup = (
+            CatchupServer(endpoint, settings.events_log, curve) if endpoint is not None else None
+        )
     except BaseException:
         publisher.close(linger_ms=0)
         raise

@@ -56,6 +56,8 @@ def test_config_values_apply(tmp_path):
         wait_subscribers = 1
         linger = 0.5
         catchup = "tcp://0.0.0.0:5557"
+        curve_secret = "/etc/whale-listen/curve/buoy.key_secret"
+        curve_allow = "/etc/whale-listen/curve/allowed"
         clips = "/var/lib/whale-listen/clips"
         mqtt = "mqtts://shore:8883/whales/b7"
         mqtt_auth_file = "/etc/whale-listen/mqtt.auth"
@@ -88,6 +90,8 @@ def test_config_values_apply(tmp_path):
     assert s.metrics_textfile == Path("/var/lib/node_exporter/textfile_collector/whale-listen.prom")
     assert s.min_free_mb == 500 and s.retry_max == 60
     assert s.stall_timeout == 5.0 and s.blocksize == 400
+    assert s.curve_secret == Path("/etc/whale-listen/curve/buoy.key_secret")
+    assert s.curve_allow == Path("/etc/whale-listen/curve/allowed")
 
 
 def test_defaults():
