@@ -24,12 +24,17 @@ import threading
 import time
 from bisect import bisect_right
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
+from detector.curve import inbound_limit
 from detector.errors import WhaleError
 from detector.eventlog import last_seq
 from detector.records import EVENT_TYPE, RUN_TYPE, encode
+
+if TYPE_CHECKING:
+    from detector.curve import ServerKeys
 
 BATCH = 100  # events a reply carries at most
 READ_CHUNK = 1 << 22  # the log is indexed this many bytes at a time
@@ -132,7 +137,8 @@ class LogIndex:
 class CatchupServer:
     """The ROUTER socket, bound and served in its own thread (zmq sockets stay in one thread)."""
 
-    def __init__(self, endpoint: str, log_path: Path) -> None:
+    def __init__(self, endpoint: str, log_path: Path, curve: "ServerKeys | None" = None) -> None:
+        self.curve = curve  # CURVE: encrypted, and only for the allowed clients
         self.index = LogIndex(log_path)
         try:  # the daemon's run line comes after this: an earlier one is an earlier run's
             self.base = Path(log_path).stat().st_size
@@ -157,8 +163,11 @@ class CatchupServer:
 
     def _serve(self, endpoint: str) -> None:
         context = zmq.Context()
+        authenticator = self.curve.authenticate(context) if self.curve is not None else None
         socket = context.socket(zmq.ROUTER)
-        socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        if self.curve is not None:
+            self.curve.apply(socket)
+        socket.setsockopt(zmq.MAXMSGSIZE, inbound_limit(MAX_REQUEST_BYTES, self.curve))
         socket.setsockopt(zmq.SNDHWM, 1000)
         try:
             try:
@@ -180,6 +189,8 @@ class CatchupServer:
                     pass  # the client is gone or not reading: it asks again
         finally:
             socket.close(linger=0)
+            if authenticator is not None:
+                authenticator.stop()
             context.term()
 
     def _answer(self, client: bytes, payload: bytes) -> dict:
@@ -230,7 +241,10 @@ class CatchupServer:
 
 def fetch(socket: zmq.Socket, after_seq: int | None, timeout_s: float, limit: int = BATCH) -> dict:
     """One request on a DEALER socket connected to a catch-up endpoint; WhaleError on no reply."""
-    socket.send_multipart([b"", encode({"after_seq": after_seq, "max": limit})])
+    try:  # a DEALER whose only connection failed its handshake (refused) would block here
+        socket.send_multipart([b"", encode({"after_seq": after_seq, "max": limit})], zmq.NOBLOCK)
+    except zmq.Again:
+        raise WhaleError("no answer from the catch-up endpoint (not connected)") from None
     if not socket.poll(int(timeout_s * 1000), zmq.POLLIN):
         raise WhaleError("no answer from the catch-up endpoint")
     reply = json.loads(socket.recv_multipart()[-1])

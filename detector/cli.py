@@ -148,6 +148,7 @@ Examples:
   whale-listen scan archive/ --out events.csv      # a folder of recordings, on Dask, resumable
   whale-listen review --db shore.db --clips clips/ # analysts confirm detections in a browser
   whale-listen gather tcp://buoy-1:5556 tcp://buoy-2:5556 --db shore.db  # many stations, one DB
+  whale-listen keygen /etc/whale-listen/curve --name buoy  # CURVE keys for access control
 """
 
 # -h as well as --help, on the group and (inherited) on every subcommand
@@ -259,18 +260,34 @@ def _signals_ignored() -> Iterator[None]:
     help="Start with the logged events after this seq (0: the whole log).  "
     "[default: the daemon's current run]",
 )
+@click.option(
+    "--curve-secret",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="This client's CURVE secret certificate (NAME.key_secret from whale-listen keygen), "
+    "for a daemon with access control; needs --server-key.  [default: plaintext]",
+)
+@click.option(
+    "--server-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The daemon's CURVE public key (its NAME.key); needs --curve-secret.",
+)
 def subscribe_cmd(
     endpoint: str,
     topics: tuple[str, ...],
     timeout: float | None,
     catchup: str,
     since_seq: int | None,
+    curve_secret: Path | None,
+    server_key: Path | None,
 ) -> None:
     """Print what a whale-listen publisher sends, one JSON object per line.
 
     Every event once, in seq order, fetching what the stream missed from the daemon's catch-up
     endpoint."""
     from detector.catchup import resolve
+    from detector.curve import client_keys
     from detector.settings import _catchup, _check_endpoint
     from detector.subscriber import Follower, subscribe
 
@@ -282,9 +299,10 @@ def subscribe_cmd(
             catchup_at = resolve(catchup, [endpoint])
         except ValueError as e:
             raise UsageError(str(e)) from None
+        curve = client_keys(curve_secret, server_key)
         follower = None
         if catchup_at is None or (topics and "upcall" not in topics):
-            messages = subscribe(endpoint, list(topics) or None, timeout)
+            messages = subscribe(endpoint, list(topics) or None, timeout, curve)
         else:
             follower = Follower(
                 endpoint,
@@ -292,6 +310,7 @@ def subscribe_cmd(
                 statuses=not topics or "status" in topics,
                 since_seq=since_seq,
                 discover=catchup == "auto",
+                curve=curve,
             )
             messages = follower.follow(timeout)
         try:
@@ -329,8 +348,9 @@ def export_raven_cmd(events_log: Path, output: Path | None) -> None:
 # The subcommands that live in their own modules (each imports its heavy parts when it runs).
 from detector.decode_cli import decode_cmd  # noqa: E402
 from detector.gather_cli import gather_cmd  # noqa: E402
+from detector.keygen_cli import keygen_cmd  # noqa: E402
 from detector.review_cli import review_cmd  # noqa: E402
 from detector.scan_cli import scan_cmd  # noqa: E402
 
-for _command in (decode_cmd, gather_cmd, review_cmd, scan_cmd):
+for _command in (decode_cmd, gather_cmd, keygen_cmd, review_cmd, scan_cmd):
     main.add_command(_command)

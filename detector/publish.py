@@ -6,26 +6,37 @@ drops is still in the event log (`detector.eventlog`), which every event reaches
 """
 
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 
+from detector.curve import inbound_limit
 from detector.errors import WhaleError
 from detector.records import encode
+
+if TYPE_CHECKING:
+    from detector.curve import ServerKeys
 
 SEND_HWM = 100_000  # queued messages per subscriber before ZeroMQ drops (never blocks) new ones
 MAX_INBOUND_BYTES = 256  # a subscription ("\x01" + topic) longer than this drops its client
 
 
 class Publisher:
-    """A ZeroMQ XPUB socket bound to every endpoint (tcp://host:port or ipc://path)."""
+    """A ZeroMQ XPUB socket bound to every endpoint (tcp://host:port or ipc://path); with
+    `curve`, encrypted and only for the clients it allows (`detector.curve`)."""
 
-    def __init__(self, endpoints: list[str]) -> None:
+    def __init__(self, endpoints: list[str], curve: "ServerKeys | None" = None) -> None:
         self._context = zmq.Context()
+        self._authenticator = curve.authenticate(self._context) if curve is not None else None
         self._socket = self._context.socket(zmq.XPUB)
+        if curve is not None:
+            curve.apply(self._socket)
         self._socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, even repeats
-        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)  # a 10 MiB topic: 550 MB
+        # a 10 MiB topic grew the daemon by 550 MB
+        self._socket.setsockopt(zmq.MAXMSGSIZE, inbound_limit(MAX_INBOUND_BYTES, curve))
         self._subscriptions = 0
+        self.allowed = len(curve.allowed) if curve is not None else 0  # CURVE client keys
         self.dropped = 0  # messages ZeroMQ refused to queue (the log still has them)
         self.endpoints: list[str] = []  # as bound, e.g. with the real port for tcp://host:*
         for endpoint in endpoints:
@@ -85,6 +96,9 @@ class Publisher:
         """Close, giving queued events up to linger_ms to reach subscribers before exit."""
         if not self._socket.closed:
             self._socket.close(linger=linger_ms)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
         if not self._context.closed:
             self._context.term()
 

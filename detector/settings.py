@@ -261,6 +261,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("catchup", "auto", _catchup, "ZeroMQ catch-up endpoint serving missed events from the "
            "log (ROUTER): auto = the first --publish port + 1 (ipc: PATH.catchup), or off.",
            "auto", metavar="ENDPOINT"),
+    Option("curve_secret", None, _path_or_none, "This daemon's CURVE secret certificate "
+           "(NAME.key_secret from whale-listen keygen): publish and serve catch-up encrypted, "
+           "only to the clients in --curve-allow.", "off", click_type=FILE, metavar="FILE"),
+    Option("curve_allow", None, _path_or_none, "Folder of the client public keys (NAME.key) "
+           "allowed to subscribe and catch up, read at start; needs --curve-secret.", "off",
+           click_type=DIRECTORY, metavar="DIR"),
     Option("mqtt", None, _mqtt_url, "Also publish to an MQTT broker: mqtt[s]://host[:port]/topic "
            "(events at QoS 1, retained online/offline state).", "off",
            output="detector.mqtt", metavar="URL"),

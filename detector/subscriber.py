@@ -10,19 +10,26 @@ from collections.abc import Iterator
 
 import zmq
 
+from detector.curve import ClientKeys
 from detector.errors import WhaleError
 
 
 def subscribe(
-    endpoint: str, topics: list[str] | None = None, timeout: float | None = None
+    endpoint: str,
+    topics: list[str] | None = None,
+    timeout: float | None = None,
+    curve: ClientKeys | None = None,
 ) -> Iterator[tuple[str, dict]]:
     """Yield (topic, event) from a publisher as they arrive.
 
-    With a timeout, stops once that many seconds pass without a message.
+    With a timeout, stops once that many seconds pass without a message. With `curve`, as an
+    encrypted client of a daemon with access control (`detector.curve`).
     """
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     try:
+        if curve is not None:
+            curve.apply(socket)
         try:
             socket.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -66,6 +73,7 @@ class Follower:
         since_seq: int | None = None,
         rcvhwm: int = 1000,
         discover: bool = False,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.statuses = statuses
         self.since_seq = since_seq
@@ -75,12 +83,15 @@ class Follower:
         self._dealer = self._context.socket(zmq.DEALER)
         for socket in (self._sub, self._dealer):
             socket.setsockopt(zmq.LINGER, 0)  # unanswered requests must not hold the exit
+            if curve is not None:
+                curve.apply(socket)
         self.catchup = catchup
         self.discover = discover  # follow the catch-up endpoint that status messages name
         self.held: dict[int, dict] = {}  # events received or fetched, not yet yielded
         self.next_seq: int | None = None  # the next seq to yield (None: not known yet)
         self.fetched = 0  # events that came from catch-up (not from the SUB socket)
         self._asked: int | None = None  # id of the catch-up request in flight
+        self._resent: set[int] = set()  # earlier copies of it: the first answer to any counts
         self._asked_at = 0.0
         self._acks: set[int] = set()  # ids of acknowledgements in flight
         self.lost = 0  # events skipped: catch-up could not give them
@@ -106,7 +117,10 @@ class Follower:
             self._acks.add(self._ids)
         else:
             self._asked, self._asked_at = self._ids, time.monotonic()
-        self._dealer.send_multipart([b"", json.dumps(request).encode()])
+        try:  # never blocks: a connection refused (CURVE) leaves a DEALER nowhere to queue
+            self._dealer.send_multipart([b"", json.dumps(request).encode()], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # not sent: asked again after REPLY_TIMEOUT_S, like a request lost
 
     @property
     def holding(self) -> int | None:
@@ -126,9 +140,10 @@ class Follower:
             self._acks.discard(answered)
             self._check_gap(reply.get("last_seq"))
             return
-        if answered != self._asked:
+        if answered != self._asked and answered not in self._resent:
             return  # a stale answer (to a request given up on)
         self._asked = None
+        self._resent.clear()  # the other copies' answers, if they come, are stale
         events = reply.get("events", [])
         if self.next_seq is None:
             start = reply["run_after_seq"] if self.since_seq is None else self.since_seq
@@ -173,7 +188,13 @@ class Follower:
             pass
         self.catchup = endpoint
         if self._asked is not None:
-            self._ask(self.holding if self.next_seq is not None else self.since_seq)
+            self._ask_again()
+
+    def _ask_again(self) -> None:
+        """Send the request in flight again. The first copy may still be answered: a daemon that
+        binds after we asked gets every queued copy at once and may exit after answering one."""
+        self._resent.add(self._asked)
+        self._ask(self.holding if self.next_seq is not None else self.since_seq)
 
     def _give_up_waiting(self) -> None:
         """No answer for REPLY_TIMEOUT_S (no catch-up there): go on with the live events."""
@@ -181,13 +202,14 @@ class Follower:
             return
         if not self.held:  # nothing heard live yet: the request may be lost (a daemon that was
             # not up yet, or went away before answering): ask again rather than wait forever
-            self._ask(self.holding if self.next_seq is not None else self.since_seq)
+            self._ask_again()
             return
         if self.next_seq is None:
             self.next_seq = min(self.held)  # the first one heard live
         elif self._hole():
             self._skip_hole()
         self._asked = None  # its answer, if it ever comes, is stale
+        self._resent.clear()
 
     # -- the stream -------------------------------------------------------------------------------
     def _on_message(self, frames: list[bytes]) -> None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from detector.catchup import CatchupServer, resolve
+from detector.curve import server_keys
 from detector.errors import WhaleError
 from detector.journal import say
 from detector.outputs import Output
@@ -14,6 +15,10 @@ from detector.publish import Publisher
 from detector.settings import Settings
 
 WAIT_SLICE_S = 0.2  # a wait for subscribers still notices SIGTERM/SIGINT this often
+# A client started before the daemon retries its refused connect every 0.1-0.2 s (libzmq's
+# reconnect interval plus jitter): a daemon that exits sooner after binding (a fast replay)
+# would leave it nothing, not even catch-up. So, within --linger, it stays this long.
+CONNECT_GRACE_S = 1.0
 
 
 class ZmqOutput(Output):
@@ -33,6 +38,7 @@ class ZmqOutput(Output):
         self.wait_subscribers = wait_subscribers
         self.catchup = catchup  # serves the log to subscribers that missed events
         self.last_seq = 0
+        self.bound_at = time.monotonic()  # the publisher and catch-up are bound by now
 
     def prepare(self, stopped: Callable[[], bool]) -> None:
         if not self.wait_subscribers:
@@ -56,13 +62,17 @@ class ZmqOutput(Output):
         return fields
 
     def close(self) -> None:
-        """Up to `linger_s`: wait for the catch-up clients to hold the last event (they fetch
-        what the publisher could not deliver), then give the queued messages what is left.
-        The exit line says how many events the clients still behind may have to fetch."""
+        """Up to `linger_s`: stay reachable CONNECT_GRACE_S after binding, wait for the
+        catch-up clients to hold the last event (they fetch what the publisher could not
+        deliver), then give the queued messages what is left. The exit line says how many
+        events the clients still behind may have to fetch."""
         deadline = time.monotonic() + self.linger_s
+        grace_end = min(deadline, self.bound_at + CONNECT_GRACE_S)
         try:
             if self.catchup is not None:
-                while time.monotonic() < deadline and any(self.catchup.behind(self.last_seq)):
+                while time.monotonic() < deadline and (
+                    time.monotonic() < grace_end or any(self.catchup.behind(self.last_seq))
+                ):
                     time.sleep(0.05)
                 behind = [n for n in self.catchup.behind(self.last_seq) if n]
                 if behind:
@@ -79,7 +89,9 @@ class ZmqOutput(Output):
 
     def describe(self) -> str:
         catchup = f", catch-up on {self.catchup.endpoint}" if self.catchup is not None else ""
-        return f"publishing on {', '.join(self.publisher.endpoints)}{catchup}"
+        curve = f" (CURVE, {self.publisher.allowed} allowed client key(s))"
+        curve = curve if self.publisher.allowed else ""
+        return f"publishing on {', '.join(self.publisher.endpoints)}{catchup}{curve}"
 
 
 def refuse_live_ipc(endpoint: str) -> None:
@@ -109,9 +121,12 @@ def open_output(settings: Settings) -> ZmqOutput:
     endpoint = resolve(settings.catchup, list(settings.publish))
     if endpoint is not None:
         refuse_live_ipc(endpoint)
-    publisher = Publisher(list(settings.publish))
+    curve = server_keys(settings.curve_secret, settings.curve_allow)
+    publisher = Publisher(list(settings.publish), curve)
     try:
-        catchup = CatchupServer(endpoint, settings.events_log) if endpoint is not None else None
+        catchup = (
+            CatchupServer(endpoint, settings.events_log, curve) if endpoint is not None else None
+        )
     except BaseException:
         publisher.close(linger_ms=0)
         raise

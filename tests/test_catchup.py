@@ -342,11 +342,6 @@ def test_a_gap_in_the_stream_is_filled_from_the_log_before_the_next_event(tmp_pa
     assert got == list(range(1, 61)) and follower.lost == 0
 
 
-@pytest.mark.skip(
-    reason="open bug (issue 14): with the subscriber up 4 s before the daemon, about 1 run in 3 "
-    "prints nothing although the log holds 3 events; not yet understood, so this end-to-end check "
-    "is off until it is fixed (the harness tests above hold catch-up itself)"
-)
 def test_whale_listen_subscribe_started_before_a_fast_replay_gets_every_event(tmp_path, tiny_model):
     """The slow joiner: no --wait-subscribers, so the first events go out before the SUB
     socket's subscription arrives; catch-up has them."""
@@ -377,3 +372,56 @@ def test_whale_listen_subscribe_started_before_a_fast_replay_gets_every_event(tm
     printed = [json.loads(line) for line in out.splitlines()]
     assert printed == logged, err  # every event, in order, exactly once
     assert "catch-up on tcp://127.0.0.1:" in daemon.stderr
+
+
+def test_a_request_sent_twice_before_the_daemon_bound_takes_the_first_answer(tmp_path, monkeypatch):
+    """A subscriber up before the daemon asks again every REPLY_TIMEOUT_S; the daemon gets every
+    queued copy at once when it binds, and a fast replay may exit after answering only the first:
+    that answer is the one (it was taken for stale, and the subscriber printed nothing)."""
+    from .test_cli import free_tcp_endpoint
+
+    monkeypatch.setattr("detector.subscriber.REPLY_TIMEOUT_S", 0.2)
+    endpoint = free_tcp_endpoint()
+    catchup = derive_endpoint(endpoint)
+    follower = Follower(endpoint, catchup)
+    for _ in range(3):  # nothing there: it asks again
+        follower._pump(300)
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    try:
+        router.bind(catchup)
+        copies = []
+        while router.poll(1000):
+            copies.append(router.recv_multipart())
+        assert len(copies) >= 2, "the subscriber did not ask again"
+        client, first = copies[0][0], json.loads(copies[0][-1])
+        events = [{"type": "upcall", "seq": seq, "run": "r"} for seq in (1, 2)]
+        answer = {"id": first["id"], "run": "r", "run_after_seq": 0, "last_seq": 2}
+        answer.update(events=events, more=False)
+        router.send_multipart([client, b"", json.dumps(answer).encode()])
+        got = [event for _topic, event in follower.follow(timeout=1.0)]
+    finally:
+        router.close(linger=0)
+        context.term()
+        follower.close()
+    assert got == events
+
+
+def test_a_daemon_that_ends_just_after_binding_still_serves_a_subscriber_connecting(
+    tmp_path, monkeypatch
+):
+    """A fast replay is over milliseconds after the daemon binds; a subscriber started before it
+    connects only at its next reconnect (0.1-0.2 s later). The daemon stays reachable for
+    CONNECT_GRACE_S (within --linger), so the subscriber still gets every event."""
+    monkeypatch.setattr("detector.zmq_output.CONNECT_GRACE_S", 5.0)  # ample on a loaded machine
+    daemon = Daemon(tmp_path / "ev.jsonl", linger_s=10.0)
+    daemon.emit(3)
+    closing = threading.Thread(target=daemon.close)
+    closing.start()  # the daemon is on its way out before the subscriber connects
+    follower = Follower(daemon.endpoint, daemon.catchup)
+    try:
+        got = [event["seq"] for _topic, event in follower.follow(timeout=3.0)]
+    finally:
+        closing.join(30)
+        follower.close()
+    assert got == [1, 2, 3] and follower.fetched == 3

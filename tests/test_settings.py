@@ -56,6 +56,8 @@ def test_config_values_apply(tmp_path):
         wait_subscribers = 1
         linger = 0.5
         catchup = "tcp://0.0.0.0:5557"
+        curve_secret = "/etc/whale-listen/curve/buoy.key_secret"
+        curve_allow = "/etc/whale-listen/curve/allowed"
         clips = "/var/lib/whale-listen/clips"
         mqtt = "mqtts://shore:8883/whales/b7"
         mqtt_auth_file = "/etc/whale-listen/mqtt.auth"
@@ -99,6 +101,8 @@ def test_config_values_apply(tmp_path):
     assert s.sbd_port == Path("/dev/ttyUSB0") and s.sbd_baud == 9600 and s.sbd_delay == 30.0
     assert s.sbd_queue == Path("/var/lib/whale-listen/sbd.queue") and s.sbd_queue_max == 500
     assert s.sbd_station_id == 7 and s.sbd_retry_max == 120.0 and s.sbd_heartbeat == 86400.0
+    assert s.curve_secret == Path("/etc/whale-listen/curve/buoy.key_secret")
+    assert s.curve_allow == Path("/etc/whale-listen/curve/allowed")
 
 
 def test_defaults():
