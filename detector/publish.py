@@ -5,6 +5,7 @@ replaying a file); subscribers use an ordinary SUB socket (`detector.subscriber`
 drops is still in the event log (`detector.eventlog`), which every event reaches first.
 """
 
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,29 @@ if TYPE_CHECKING:
 
 SEND_HWM = 100_000  # queued messages per subscriber before ZeroMQ drops (never blocks) new ones
 MAX_INBOUND_BYTES = 256  # a subscription ("\x01" + topic) longer than this drops its client
+TOPICS = (b"upcall", b"status")  # what is published: a subscription is a prefix of one of them
+MAX_FOREIGN_SUBSCRIPTIONS = 1000  # subscriptions to anything else, before the socket reopens
+REBIND_S = 2.0  # reopening: how long to retry binding while the old listener closes
+
+
+def _bind(socket: zmq.Socket, endpoint: str, retry_s: float) -> None:
+    """Bind; when reopening, retry while the closed socket's listener is still going (libzmq
+    closes it in its I/O thread), and bind an ipc path again if that close removed its file."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+            continue
+        if retry_s and endpoint.startswith("ipc://"):
+            time.sleep(0.05)  # the old listener's close unlinks the path it had
+            if not os.path.exists(endpoint[len("ipc://") :]) and time.monotonic() < deadline:
+                socket.unbind(socket.getsockopt_string(zmq.LAST_ENDPOINT))
+                continue
+        return
 
 
 class Publisher:
@@ -27,29 +51,51 @@ class Publisher:
 
     def __init__(self, endpoints: list[str], curve: "ServerKeys | None" = None) -> None:
         self._context = zmq.Context()
+        self._curve = curve
         self._authenticator = curve.authenticate(self._context) if curve is not None else None
-        self._socket = self._context.socket(zmq.XPUB)
-        if curve is not None:
-            curve.apply(self._socket)
-        self._socket.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, even repeats
-        # a 10 MiB topic grew the daemon by 550 MB
-        self._socket.setsockopt(zmq.MAXMSGSIZE, inbound_limit(MAX_INBOUND_BYTES, curve))
         self._subscriptions = 0
+        self.foreign = 0  # subscriptions to topics never published, since the socket was opened
+        self.reopened = 0  # times too many of them had the socket closed and bound again
         self.allowed = len(curve.allowed) if curve is not None else 0  # CURVE client keys
         self.dropped = 0  # messages ZeroMQ refused to queue (the log still has them)
         self.endpoints: list[str] = []  # as bound, e.g. with the real port for tcp://host:*
+        self._socket = self._open(endpoints)
+
+    def _open(self, endpoints: list[str], again: bool = False) -> zmq.Socket:
+        socket = self._context.socket(zmq.XPUB)
+        if self._curve is not None:
+            self._curve.apply(socket)
+        socket.setsockopt(zmq.SNDHWM, SEND_HWM)
+        socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, even repeats
+        # a 10 MiB topic grew the daemon by 550 MB
+        socket.setsockopt(zmq.MAXMSGSIZE, inbound_limit(MAX_INBOUND_BYTES, self._curve))
+        bound = []
         for endpoint in endpoints:
             port = endpoint.rpartition(":")[2]
             if endpoint.startswith("tcp://") and port.isdigit() and int(port) > 65535:
+                self._socket = socket
                 self.close(linger_ms=0)  # libzmq would silently bind port % 65536
                 raise WhaleError(f"cannot bind {endpoint}: port out of range")
             try:
-                self._socket.bind(endpoint)
+                _bind(socket, endpoint, REBIND_S if again else 0.0)
             except zmq.ZMQError as exc:
+                self._socket = socket
                 self.close(linger_ms=0)
                 raise WhaleError(f"cannot bind {endpoint}: {zmq.strerror(exc.errno)}") from exc
-            self.endpoints.append(self._socket.getsockopt_string(zmq.LAST_ENDPOINT))
+            bound.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.endpoints = bound
+        return socket
+
+    def _reopen(self) -> None:
+        """Too many subscriptions to topics this daemon never publishes: libzmq keeps each one
+        (~11 KB) until its client goes, so close the socket, which frees them all, and bind the
+        same endpoints again. Every client reconnects by itself; what a subscriber missed
+        meanwhile is in the log and its catch-up (`Follower` fetches it)."""
+        self._socket.close(linger=0)
+        self._socket = self._open(self.endpoints, again=True)
+        self._subscriptions = 0
+        self.foreign = 0
+        self.reopened += 1
 
     @property
     def subscriptions(self) -> int:
@@ -64,10 +110,14 @@ class Publisher:
             message = self._socket.recv()
             if message[:1] == b"\x01":
                 self._subscriptions += 1
+                if not any(topic.startswith(message[1:]) for topic in TOPICS):
+                    self.foreign += 1
             elif message[:1] == b"\x00":
                 self._subscriptions -= 1
             got = True
             timeout_ms = 0
+            if self.foreign > MAX_FOREIGN_SUBSCRIPTIONS:
+                self._reopen()
         return got
 
     def send(self, topic: str, obj: dict) -> None:

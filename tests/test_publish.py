@@ -218,3 +218,53 @@ def test_event_log_close_writes_what_it_still_holds(tmp_path, monkeypatch):
     disk.free()
     log.close()
     assert log.pending == [] and read_events(path) == [{"seq": 1}]
+
+
+def _until_received(publisher: Publisher, sub: zmq.Socket, seconds: float = 15.0) -> list[bytes]:
+    """Publish until the subscriber has one message (it reconnects by itself after a reopen)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        publisher.send("upcall", {"seq": 1})
+        if sub.poll(50):
+            return sub.recv_multipart()
+    raise AssertionError("the subscriber got nothing")
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_a_flood_of_foreign_subscriptions_reopens_the_socket_and_subscribers_carry_on(
+    tmp_path, transport
+):
+    """libzmq keeps every subscription (~11 KB each, the same with XPUB_MANUAL) until its
+    client goes: past the cap of topics never published, the socket is closed and bound again."""
+    from detector.publish import MAX_FOREIGN_SUBSCRIPTIONS
+
+    endpoint = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/flood.sock"
+    publisher = Publisher([endpoint])
+    context = zmq.Context()
+    good, hostile = context.socket(zmq.SUB), context.socket(zmq.SUB)
+    try:
+        bound = publisher.endpoints[0]
+        good.connect(bound)
+        good.setsockopt(zmq.SUBSCRIBE, b"upcall")
+        _until_received(publisher, good)
+        hostile.setsockopt(zmq.SNDHWM, 0)  # a SUB drops subscriptions past its queue's 1,000
+        hostile.connect(bound)
+        for k in range(MAX_FOREIGN_SUBSCRIPTIONS + 200):
+            hostile.setsockopt(zmq.SUBSCRIBE, b"x%05d" % k + b"." * 200)
+        import time
+
+        deadline = time.monotonic() + 20
+        while publisher.reopened == 0 and time.monotonic() < deadline:
+            publisher.subscriptions  # noqa: B018 - reads what has arrived
+            time.sleep(0.02)
+        assert publisher.reopened >= 1 and publisher.foreign <= MAX_FOREIGN_SUBSCRIPTIONS
+        assert publisher.endpoints == [bound]  # the same endpoint, bound again
+        topic, _ = _until_received(publisher, good)  # reconnected and subscribed again
+        assert topic == b"upcall"
+    finally:
+        good.close(linger=0)
+        hostile.close(linger=0)
+        context.term()
+        publisher.close(linger_ms=0)
