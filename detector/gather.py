@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import zmq
 
 from detector.catchup import derive_endpoint
+from detector.curve import ClientKeys
 from detector.errors import UsageError, WhaleError
 from detector.journal import log
 from detector.records import encode
@@ -123,6 +124,7 @@ class Link:
         sink: Callable[[Item], None],
         station: str | None = None,
         settled: int = 0,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.target = target
         self.sink = sink
@@ -143,6 +145,8 @@ class Link:
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 100_000)  # a station's burst waits here, not dropped
         self.sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        if curve is not None:
+            curve.apply(self.sub)
         self.dealer: zmq.Socket | None = None
         try:
             self.sub.connect(target.endpoint)
@@ -153,6 +157,8 @@ class Link:
                 self.dealer.setsockopt(zmq.LINGER, 0)
                 self.dealer.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
                 self.dealer.setsockopt(zmq.IMMEDIATE, 1)  # no requests queued for a daemon down
+                if curve is not None:
+                    curve.apply(self.dealer)
                 self.dealer.connect(self.catchup)
         except zmq.ZMQError as exc:
             self.close()
@@ -343,13 +349,16 @@ class Gather:
         targets: list[Target],
         sink: Callable[[Item], None],
         positions: dict[str, tuple[str | None, int]] | None = None,
+        curve: ClientKeys | None = None,
     ) -> None:
+        """`curve`: gather's certificate and the daemons' public key, for stations with access
+        control (`detector.curve`; one daemon certificate for the fleet)."""
         self.context = zmq.Context()
         self.links: list[Link] = []
         try:
             for target in targets:
                 station, settled = (positions or {}).get(target.endpoint, (None, 0))
-                self.links.append(Link(self.context, target, sink, station, settled))
+                self.links.append(Link(self.context, target, sink, station, settled, curve))
         except BaseException:
             self.close()
             raise

@@ -18,6 +18,7 @@ from detector.errors import UsageError, WhaleError
 from detector.journal import configure, say
 
 if TYPE_CHECKING:
+    from detector.curve import ClientKeys
     from detector.gather import Gather, Target
     from detector.shorewriter import ShoreWriter
 
@@ -48,8 +49,27 @@ TARGET_HELP = (
     multiple=True,
     help="With --export: only this station's events; repeatable.  [default: all]",
 )
+@click.option(
+    "--curve-secret",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="gather's CURVE secret certificate (NAME.key_secret from whale-listen keygen), for "
+    "stations with access control; needs --server-key.  [default: plaintext]",
+)
+@click.option(
+    "--server-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The stations' CURVE public key (their NAME.key: one certificate for the fleet, or one "
+    "gather per key); needs --curve-secret.",
+)
 def gather_cmd(
-    endpoints: tuple[str, ...], db: Path, export: Path | None, stations: tuple[str, ...]
+    endpoints: tuple[str, ...],
+    db: Path,
+    export: Path | None,
+    stations: tuple[str, ...],
+    curve_secret: Path | None,
+    server_key: Path | None,
 ) -> None:
     """Store every event of many stations once, with their health, in one SQLite file.
 
@@ -71,7 +91,9 @@ def gather_cmd(
             raise UsageError("--station goes with --export")
         if not endpoints:
             raise UsageError("give at least one ENDPOINT to gather from (or --export FILE)")
-        sys.exit(run(endpoints, db))
+        from detector.curve import client_keys
+
+        sys.exit(run(endpoints, db, client_keys(curve_secret, server_key)))
     except WhaleError as e:
         fail(str(e), e.exit_status)
 
@@ -101,7 +123,7 @@ class _StopSignals:
         return self.name is not None
 
 
-def run(endpoints: tuple[str, ...], db: Path) -> int:
+def run(endpoints: tuple[str, ...], db: Path, curve: "ClientKeys | None" = None) -> int:
     """Gather until a signal; the exit status."""
     from detector import shoredb
     from detector.gather import parse_target
@@ -123,7 +145,7 @@ def run(endpoints: tuple[str, ...], db: Path) -> int:
         conn.close()
     with _StopSignals() as stop:
         writer = ShoreWriter(db)
-        gather = _gather(targets, writer, positions, db, stop)
+        gather = _gather(targets, writer, positions, db, stop, curve)
     if writer.error is not None:
         raise WhaleError(writer.error)
     say(summary(writer, gather, stop.name))
@@ -136,12 +158,13 @@ def _gather(
     positions: dict[str, tuple[str | None, int]],
     db: Path,
     stop: _StopSignals,
+    curve: "ClientKeys | None" = None,
 ) -> "Gather":
     from detector.gather import Gather
 
     gather = None
     try:
-        gather = Gather(targets, writer.put, positions)
+        gather = Gather(targets, writer.put, positions, curve)
         say(
             f"gather: {len(targets)} station(s) into {db}: "
             + ", ".join(f"{s or e} after seq {n}" for e, (s, n) in positions.items())

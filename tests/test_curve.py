@@ -5,6 +5,7 @@ All over real sockets on 127.0.0.1, with keys made by `whale-listen keygen`."""
 import json
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -219,3 +220,44 @@ def test_bad_or_missing_key_settings_are_one_line_config_errors(keys, tmp_path, 
         "bad.key: not a ZeroMQ certificate (whale-listen keygen)"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_gather_with_an_allowed_key_stores_every_event_and_without_one_nothing(keys):
+    from detector import shoredb
+    from detector.gather import Gather, parse_target
+    from detector.shorewriter import ShoreWriter
+
+    daemon = CurveDaemon(keys["tmp"] / "ev.jsonl", keys["server"])
+    target = parse_target(f"{daemon.endpoint}={daemon.catchup}")
+    stored = {}
+    try:
+        for name in ("shore", "stranger", "plaintext"):
+            db = keys["tmp"] / f"{name}.db"
+            writer = ShoreWriter(db)
+            gather = Gather([target], writer.put, curve=keys.get(name))
+            for _ in range(3):  # events as the shore database needs them
+                daemon.seq += 1
+                event = {"type": "upcall", "seq": daemon.seq, "run": "run-c", "station": "buoy",
+                         "id": f"e{daemon.seq}", "start": "2009-03-28T00:00:01.000Z",
+                         "end": "2009-03-28T00:00:03.000Z", "score": 0.9}  # fmt: skip
+                assert daemon.log.append(event)
+                daemon.output.on_event(event)
+            stop = threading.Event()
+            thread = threading.Thread(target=gather.run, args=(stop.is_set,), daemon=True)
+            thread.start()
+            deadline = time.monotonic() + (15 if name == "shore" else 3)
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                conn = shoredb.connect(db)
+                stored[name] = [e["seq"] for e in shoredb.events(conn)]
+                conn.close()
+                if name == "shore" and len(stored[name]) == 3:
+                    break
+            stop.set()
+            thread.join(10)
+            gather.close()
+            writer.close()
+    finally:
+        daemon.close()
+    assert stored["shore"] == [1, 2, 3]  # logged before gather started: fetched, decrypted
+    assert stored["stranger"] == [] and stored["plaintext"] == []
