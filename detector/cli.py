@@ -43,6 +43,7 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 from detector import __version__  # noqa: E402
+from detector.curve_options import client_options  # noqa: E402
 from detector.errors import EX_USAGE, UsageError, WhaleError  # noqa: E402
 from detector.journal import configure, log, say  # noqa: E402
 from detector.settings import (  # noqa: E402
@@ -260,19 +261,7 @@ def _signals_ignored() -> Iterator[None]:
     help="Start with the logged events after this seq (0: the whole log).  "
     "[default: the daemon's current run]",
 )
-@click.option(
-    "--curve-secret",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="This client's CURVE secret certificate (NAME.key_secret from whale-listen keygen), "
-    "for a daemon with access control; needs --server-key.  [default: plaintext]",
-)
-@click.option(
-    "--server-key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The daemon's CURVE public key (its NAME.key); needs --curve-secret.",
-)
+@client_options("The daemon's")
 def subscribe_cmd(
     endpoint: str,
     topics: tuple[str, ...],

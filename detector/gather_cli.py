@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from detector.curve_options import client_options
 from detector.errors import UsageError, WhaleError
 from detector.journal import configure, say
 
@@ -49,20 +50,7 @@ TARGET_HELP = (
     multiple=True,
     help="With --export: only this station's events; repeatable.  [default: all]",
 )
-@click.option(
-    "--curve-secret",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="gather's CURVE secret certificate (NAME.key_secret from whale-listen keygen), for "
-    "stations with access control; needs --server-key.  [default: plaintext]",
-)
-@click.option(
-    "--server-key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The stations' CURVE public key (their NAME.key: one certificate for the fleet, or one "
-    "gather per key); needs --curve-secret.",
-)
+@client_options("The stations'", ": one certificate for the fleet, or one gather per key")
 def gather_cmd(
     endpoints: tuple[str, ...],
     db: Path,
