@@ -155,7 +155,7 @@ def _scan(
     from detector.model import card_path, load_model
     from detector.presets import choose_threshold
     from detector.scan import StartTimePattern, discover
-    from detector.scan_dask import check_scheduler, open_client, worker_count
+    from detector.scan_dask import check_scheduler, open_client, require_distributed, worker_count
     from detector.scan_output import choose_format, require_pyarrow, rows_path
     from detector.scan_progress import ScanProgress
     from detector.scan_run import Tally, Writer, plan, run_scan, summary
@@ -167,6 +167,7 @@ def _scan(
     if scheduler is not None and workers is not None:
         raise UsageError("--workers sizes the local cluster; with --scheduler the cluster's own "
                          "workers run the scan")  # fmt: skip
+    require_distributed()  # before any work: the one line that names the extra
     if scheduler is not None:
         check_scheduler(scheduler)
     settings = _settings(daemon)

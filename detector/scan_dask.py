@@ -25,6 +25,11 @@ def check_scheduler(address: str) -> str:
     return address
 
 
+def require_distributed() -> None:
+    """Fail in one line, before the scan is planned, when the `scan` extra is not installed."""
+    _distributed()
+
+
 def _distributed() -> object:
     try:
         import distributed

@@ -205,7 +205,8 @@ def span_centre(event: dict) -> float:
 # -- no training extras ----------------------------------------------------------------------------
 BLOCK_EXTRAS = """
 import importlib.abc, json, sys
-EXTRAS = {"torch", "librosa", "onnx", "matplotlib"}
+EXTRAS = {"torch", "librosa", "onnx", "matplotlib", "dask", "distributed", "serial", "pyarrow",
+          "selenium", "paho"}
 class NoExtras(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in EXTRAS:

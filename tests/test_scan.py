@@ -226,6 +226,19 @@ def test_parquet_holds_the_same_events_as_json_lines(local_scan, archive, shippe
     assert {r["score"] for r in table} == {e["score"] for e in events}
 
 
+def test_without_the_scan_extra_it_is_one_line_naming_it_before_any_work(archive, tmp_path):
+    from .test_cli import BLOCK_EXTRAS
+
+    out = tmp_path / "e.csv"
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_EXTRAS, "scan", str(archive), "--out", str(out)],
+        capture_output=True, text=True, timeout=120, env=_env(),
+    )  # fmt: skip
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["code"] == EX_USAGE, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "whale-listen[scan]" in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
 # -- real scans ---------------------------------------------------------------------------------
 
 
