@@ -288,18 +288,21 @@ def test_subscriber_receives_exactly_the_logged_events(tmp_path, tiny_model, tra
         assert "Traceback" not in daemon.stderr
         logged = read_events(log)
         assert logged, "the tiny model found nothing in the synthetic recording"
-        received = []
+        received, statuses = [], []
         deadline = time.monotonic() + 30
         while len(received) < len(logged) and time.monotonic() < deadline:
             try:
                 line = lines.get(timeout=0.2)  # arrives while `subscribe` runs: it flushes
             except queue.Empty:
                 continue
-            received.append(json.loads(line))
+            message = json.loads(line)
+            (statuses if message["type"] == "status" else received).append(message)
     finally:
         subscriber.terminate()
         subscriber.wait(timeout=10)
-    assert received == logged  # every field, same order, nothing else (no status at 3600 s)
+    assert received == logged  # every field, same order, nothing else
+    # no heartbeat at 3600 s: the one status is the run's last word, as it stops
+    assert [s["source_state"] for s in statuses] in ([], ["stopped"])
     assert [e["seq"] for e in received] == list(range(1, len(logged) + 1))
     card = json.loads(card_path(tiny_model).read_text())
     for event in received:
