@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/review_roundtrip.py`
 
 from detector.review_server import PAGE_SIZE  # noqa: E402
+from tests.ports import free_port_pair  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LISTEN = [sys.executable, "-c", "from detector.cli import main; main(prog_name='whale-listen')"]
@@ -73,20 +73,6 @@ class Failed(Exception):
 def check(ok: bool, what: str) -> None:
     if not ok:
         raise Failed(what)
-
-
-def free_port_pair() -> int:
-    """A TCP port p with p + 1 free too (the daemon's derived catch-up port)."""
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 def read_log(path: Path) -> list[dict]:

@@ -298,7 +298,8 @@ class ReviewApp:
         )  # fmt: skip
         return html(text)
 
-    def spectrogram(self, request: Request, event_id: str) -> Response:
+    def _event_clip(self, event_id: str) -> tuple[sqlite3.Row, Path]:
+        """A detection's row and its clip file, or 404 when the clips folder has none."""
         conn = self.connect()
         try:
             row = self._event(conn, event_id)
@@ -307,6 +308,10 @@ class ReviewApp:
         path = self._clip(row)
         if path is None:
             raise BadRequest(404, "no clip for this detection in the clips folder")
+        return row, path
+
+    def spectrogram(self, request: Request, event_id: str) -> Response:
+        row, path = self._event_clip(event_id)
         record, duration = json.loads(row["record"]), reviewdb.duration_s(row)
         png = review_media.spectrogram_png(path, record, duration)
         return Response(200, png, "image/png", {"Cache-Control": "private, max-age=3600"})
@@ -318,14 +323,7 @@ class ReviewApp:
             speed = 0
         if speed not in review_media.SPEEDS:
             raise BadRequest(400, f"speed must be one of {review_media.SPEEDS}")
-        conn = self.connect()
-        try:
-            row = self._event(conn, event_id)
-        finally:
-            conn.close()
-        path = self._clip(row)
-        if path is None:
-            raise BadRequest(404, "no clip for this detection in the clips folder")
+        _, path = self._event_clip(event_id)
         wav = review_media.wav_bytes(review_media.read_clip(path), speed)
         return Response(200, wav, "audio/wav", {"Cache-Control": "private, max-age=3600"})
 

@@ -6,7 +6,6 @@ import csv
 import json
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import threading
@@ -24,6 +23,7 @@ from detector.gather import Gather, parse_target
 from detector.shorewriter import ShoreWriter
 from train import synth
 
+from .ports import free_port_pair
 from .test_catchup import Daemon
 from .test_cli import DAEMON
 
@@ -41,20 +41,6 @@ def write_calls(path: Path, seconds: float, every_s: float, seed: int) -> None:
         audio[at : at + len(call)] += 4 * call
         at += int(every_s * SR)
     sf.write(path, 0.5 * audio / np.abs(audio).max(), SR, subtype="PCM_16")
-
-
-def free_port_pair() -> int:
-    """A TCP port p with p + 1 free too (the daemon's derived catch-up port)."""
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 def _wait(condition, timeout: float, what: str) -> None:

@@ -537,8 +537,9 @@ def test_gather_to_review_each_clip_found_from_the_path_gather_stored(tmp_path, 
     (the buoy's absolute path), takes the verdicts, and the export has every reviewed event."""
     import subprocess
 
+    from tests.ports import free_port_pair
     from tests.test_cli import DAEMON
-    from tests.test_gather import _db_events, _Running, _wait, free_port_pair, write_calls
+    from tests.test_gather import _db_events, _Running, _wait, write_calls
 
     buoy, db, shore_clips = tmp_path / "buoy", tmp_path / "shore.db", tmp_path / "shore-clips"
     buoy.mkdir()
