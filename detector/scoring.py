@@ -15,7 +15,7 @@ import numpy as np
 
 from detector.constants import WINDOW_SAMPLES
 from detector.model import Model
-from detector.streaming import StreamScorer, load_screen
+from detector.streaming import StreamScorer, load_screen, shares_frames
 from detector.windows import Windower
 
 NOTHING = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
@@ -62,8 +62,7 @@ class FrameScorer:
 
     @staticmethod
     def supports(model: Model, window_hop: int) -> bool:
-        spec = getattr(model, "streaming", None)  # stand-ins for the model may lack it
-        return bool(spec) and window_hop % int(spec["frame_hop"]) == 0
+        return shares_frames(model, window_hop)
 
     def _add_frames(self) -> None:
         samples = np.concatenate(self.pending)

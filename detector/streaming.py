@@ -220,6 +220,13 @@ def _conv_stack(nodes: list[onnxproto.Node], w: dict, ops_start: int) -> tuple |
     return graph, weights, name, stride, blocks, radius, dense
 
 
+def shares_frames(model: Model, window_hop: int) -> bool:
+    """The model has streaming halves and the hop is a whole number of their frames: what both
+    the frame scorer and the stream scorer need."""
+    spec = getattr(model, "streaming", None)  # stand-ins for the model may lack it
+    return bool(spec) and window_hop % int(spec["frame_hop"]) == 0
+
+
 def threshold_logit(threshold: float) -> float:
     """The threshold as a logit; -inf when every window is above it (threshold <= 0)."""
     if threshold <= 0:
@@ -272,8 +279,7 @@ class StreamScorer:
 
     @staticmethod
     def supports(model: Model, window_hop: int) -> bool:
-        spec = getattr(model, "streaming", None)
-        return bool(spec) and window_hop % int(spec["frame_hop"]) == 0
+        return shares_frames(model, window_hop)
 
     def _needs(self, window: int) -> int:
         """Frames the screen of `window` reads: its cells plus the context after them."""
