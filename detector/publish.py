@@ -61,7 +61,7 @@ class Publisher:
         self.endpoints: list[str] = []  # as bound, e.g. with the real port for tcp://host:*
         self._socket = self._open(endpoints)
 
-    def _open(self, endpoints: list[str], again: bool = False) -> zmq.Socket:
+    def _open(self, endpoints: list[str], retry_s: float = 0.0) -> zmq.Socket:
         socket = self._context.socket(zmq.XPUB)
         if self._curve is not None:
             self._curve.apply(socket)
@@ -77,7 +77,7 @@ class Publisher:
                 self.close(linger_ms=0)  # libzmq would silently bind port % 65536
                 raise WhaleError(f"cannot bind {endpoint}: port out of range")
             try:
-                _bind(socket, endpoint, REBIND_S if again else 0.0)
+                _bind(socket, endpoint, retry_s)
             except zmq.ZMQError as exc:
                 self._socket = socket
                 self.close(linger_ms=0)
@@ -92,7 +92,7 @@ class Publisher:
         same endpoints again. Every client reconnects by itself; what a subscriber missed
         meanwhile is in the log and its catch-up (`Follower` fetches it)."""
         self._socket.close(linger=0)
-        self._socket = self._open(self.endpoints, again=True)
+        self._socket = self._open(self.endpoints, retry_s=REBIND_S)
         self._subscriptions = 0
         self.foreign = 0
         self.reopened += 1
