@@ -19,11 +19,11 @@ from detector.eventlog import read_events
 from detector.model import card_path, load_card, sha256_file
 from detector.publish import Publisher
 
+from .fuzzing import event_key
 from .test_audio import understate_aiff
 from .test_cli import (
     DAEMON,
     assert_one_error,
-    event_key,
     invoke,
     replay,
     replay_args,

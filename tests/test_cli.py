@@ -39,6 +39,7 @@ from detector.settings import Settings
 from train import synth
 
 from .conftest import SHARED_DATA
+from .fuzzing import event_key
 
 SR = 2000
 HOP_S = 0.5
@@ -186,16 +187,6 @@ def assert_one_error(stderr: str, *names: str, only: bool = True) -> str:
     for name in names:
         assert name in errors[0], (name, errors[0])
     return errors[0]
-
-
-def event_key(event: dict) -> tuple:
-    """What must not change between two runs over the same audio (not id, source or time)."""
-    return (
-        event["offset_start_s"],
-        event["offset_end_s"],
-        event["peak_offset_s"],
-        event["windows"],
-    )
 
 
 def span_centre(event: dict) -> float:
