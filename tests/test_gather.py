@@ -310,15 +310,26 @@ def test_gather_moves_to_the_catch_up_endpoint_a_status_names(tmp_path):
 
 
 def test_malformed_messages_are_skipped_and_counted_never_stored_or_fatal(tmp_path):
-    from detector.publish import Publisher
+    from detector.records import encode
+    from detector.xpub import Xpub
+
+    class Station(Xpub):
+        """The publishing socket itself, in this process: raw frames can be sent."""
+
+        def send(self, topic: str, obj: object) -> None:
+            super().send(topic.encode(), encode(obj))
 
     db = tmp_path / "shore.db"
-    with Publisher(["tcp://127.0.0.1:*"]) as station:
+    station = Station(["tcp://127.0.0.1:*"])
+    try:
         running = _Running(db, station.endpoints[0] + "=off")  # live only: nothing to fetch
-        assert station.wait_subscribers(2, timeout=20) == 2  # upcall and status
+        deadline = time.monotonic() + 20
+        while station.subscriptions < 2 and time.monotonic() < deadline:  # upcall and status
+            time.sleep(0.02)
+        assert station.subscriptions == 2
         good = _event(1, station="buoy-h")
-        station._socket.send_multipart([b"upcall", b"not json"])
-        station._socket.send_multipart([b"upcall", b"x", b"three frames"])
+        station.socket.send_multipart([b"upcall", b"not json"])
+        station.socket.send_multipart([b"upcall", b"x", b"three frames"])
         for bad in ({**good, "seq": 2**70}, {**good, "seq": True}, {**good, "score": "0.9"},
                     {**good, "id": None}, {**good, "clip": 5}, [1, 2]):  # fmt: skip
             station.send("upcall", bad)
@@ -331,6 +342,8 @@ def test_malformed_messages_are_skipped_and_counted_never_stored_or_fatal(tmp_pa
         time.sleep(0.3)
         malformed = running.gather.links[0].malformed
         counts = running.stop()["buoy-h"]
+    finally:
+        station.close(linger_ms=0)
     assert malformed == 11 and counts.stored == 1 and counts.statuses == 1
     conn = shoredb.connect(db)
     row = conn.execute("SELECT lag_s, source_state FROM stations").fetchone()

@@ -1,6 +1,7 @@
 import json
 import os
 import threading
+from pathlib import Path
 
 import pytest
 import zmq
@@ -237,7 +238,8 @@ def test_a_flood_of_foreign_subscriptions_reopens_the_socket_and_subscribers_car
     tmp_path, transport
 ):
     """libzmq keeps every subscription (~11 KB each, the same with XPUB_MANUAL) until its
-    client goes: past the cap of topics never published, the socket is closed and bound again."""
+    client goes: past the cap of topics never published, the publisher process closes the socket
+    and binds it again."""
     from detector.publish import MAX_FOREIGN_SUBSCRIPTIONS
 
     endpoint = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/flood.sock"
@@ -268,3 +270,154 @@ def test_a_flood_of_foreign_subscriptions_reopens_the_socket_and_subscribers_car
         hostile.close(linger=0)
         context.term()
         publisher.close(linger_ms=0)
+
+
+def _rss_mb(pid: int | str = "self") -> float:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE") / 1e6
+
+
+def _peak_mb(pid: int) -> float:
+    """The process's peak resident size (VmHWM), 0 when it has ended."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return int(status.split("VmHWM:")[1].split()[0]) / 1000
+
+
+FLOOD = """
+import sys, time, zmq
+sub = zmq.Context().socket(zmq.SUB)
+sub.setsockopt(zmq.SNDHWM, 0)
+sub.connect(sys.argv[1])
+for k in range(int(sys.argv[2])):
+    sub.setsockopt(zmq.SUBSCRIBE, b"x%07d" % k + b"." * 200)
+print("sent", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_subscription_flood_grows_neither_the_daemon_nor_the_publisher_past_its_limit():
+    """One client sending 150,000 distinct 200-byte subscriptions at once: libzmq files them
+    faster than anyone can count them (in the daemon's own process this took it from 31 to over
+    250 MB), so the socket lives in the publisher process, whose data is capped; the daemon's
+    memory does not move and a good subscriber is served after the flood."""
+    import subprocess
+    import sys
+    import time
+
+    from detector.publish import RELAY_DATA_LIMIT
+
+    publisher = Publisher(["tcp://127.0.0.1:*"])
+    context = zmq.Context()
+    good = context.socket(zmq.SUB)
+    hostile = None
+    try:
+        (bound,) = publisher.endpoints
+        good.connect(bound)
+        good.setsockopt(zmq.SUBSCRIBE, b"upcall")
+        _until_received(publisher, good)
+        before, relay_peak, pids = _rss_mb(), 0.0, set()
+        hostile = subprocess.Popen(
+            [sys.executable, "-c", FLOOD, bound, "150000"], stdout=subprocess.PIPE, text=True
+        )
+        assert hostile.stdout is not None and hostile.stdout.readline() == "sent\n"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            publisher.send("status", {"flood": True})
+            if publisher.pid is not None:
+                pids.add(publisher.pid)
+                relay_peak = max(relay_peak, _peak_mb(publisher.pid))
+            time.sleep(0.01)
+        assert _rss_mb() - before < 20, "the flood reached the daemon's process"
+        assert relay_peak * 1e6 < RELAY_DATA_LIMIT + 30e6, "the publisher passed its limit"
+        assert publisher.reopened + publisher.restarts >= 1  # it did meet the flood
+        hostile.kill()
+        topic, _ = _until_received(publisher, good, seconds=20)
+        assert topic == b"upcall"
+    finally:
+        if hostile is not None:
+            hostile.kill()
+            hostile.wait()
+        good.close(linger=0)
+        context.term()
+        publisher.close(linger_ms=0)
+
+
+def test_a_killed_publisher_process_is_started_again_on_the_same_endpoint(tmp_path, caplog):
+    import logging
+    import signal
+    import time
+
+    publisher = Publisher([f"ipc://{tmp_path}/pub.sock", "tcp://127.0.0.1:*"])
+    context = zmq.Context()
+    good = context.socket(zmq.SUB)
+    try:
+        bound = list(publisher.endpoints)
+        good.connect(bound[1])
+        good.setsockopt(zmq.SUBSCRIBE, b"upcall")
+        _until_received(publisher, good)
+        first = publisher.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        with caplog.at_level(logging.INFO):
+            deadline = time.monotonic() + 10
+            while publisher.restarts == 0 and time.monotonic() < deadline:
+                publisher.send("upcall", {"seq": 0})
+                time.sleep(0.02)
+        assert publisher.restarts == 1 and publisher.pid not in (None, first)
+        assert publisher.endpoints == bound  # the same port and path, bound again
+        assert publisher.dropped >= 1  # what it could not hand over is counted
+        said = [
+            r.getMessage() for r in caplog.records if "publisher process ended" in r.getMessage()
+        ]
+        assert said == [
+            "zeromq: the publisher process ended (killed by signal 9); starting it again "
+            "(subscribers fetch what they miss by catch-up)"
+        ]
+        topic, _ = _until_received(publisher, good)  # the subscriber reconnected by itself
+        assert topic == b"upcall"
+    finally:
+        good.close(linger=0)
+        context.term()
+        publisher.close(linger_ms=0)
+
+
+def test_the_publisher_process_ends_with_the_daemon(tmp_path):
+    """A daemon killed outright (SIGKILL, the OOM killer) must not leave its publisher behind
+    holding the port: the end of the pair ends it."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from detector.publish import Publisher\n"
+        "p = Publisher([sys.argv[1]])\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", script, f"ipc://{tmp_path}/pub.sock"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert daemon.stdout is not None
+    relay = int(daemon.stdout.readline())
+    assert Path(f"/proc/{relay}").exists()
+    daemon.kill()
+    daemon.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{relay}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{relay}").exists()
+
+
+def test_a_refused_bind_is_one_line_from_the_publisher_process():
+    taken = Publisher(["tcp://127.0.0.1:*"])
+    try:
+        with pytest.raises(WhaleError) as error:
+            Publisher(list(taken.endpoints))
+        assert str(error.value) == f"cannot bind {taken.endpoints[0]}: Address already in use"
+    finally:
+        taken.close(linger_ms=0)
