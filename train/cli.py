@@ -57,6 +57,16 @@ SNR_OPTION = click.option(
     help="Recipe: broadband SNR range (dB) of the synthetic up-calls mixed into real noise "
     "(the annotated DCLDE calls measure -1 dB and below, most under -5 dB).",
 )
+SYNTH_SHAPES_OPTION = click.option(
+    "--synth-shapes",
+    default="fixed",
+    show_default=True,
+    metavar="fixed|measured",
+    help="Recipe: shapes of the synthetic up-calls: 'fixed' draws them from the published "
+    "ranges (0.5-1.5 s, 50-100 Hz rising to 150-250 Hz); 'measured' resamples the shapes "
+    "(duration, start/end frequency, curvature, 2nd harmonic) measured from the training "
+    "recordings' annotated calls, each jittered +-10 %. Their SNR still comes from --snr-db.",
+)
 NORMALISATION_OPTION = click.option(
     "--normalisation",
     type=click.Choice(["contrast", "pcen"]),
@@ -198,6 +208,7 @@ def main() -> None:
 )
 @REMIX_SCALE_OPTION
 @SNR_OPTION
+@SYNTH_SHAPES_OPTION
 @NORMALISATION_OPTION
 @click.option(
     "--operating-points",
@@ -261,6 +272,7 @@ def train_cmd(
     metrics_from,
     remix_scale,
     snr_db,
+    synth_shapes,
     normalisation,
     operating_points,
     name,
@@ -276,6 +288,7 @@ def train_cmd(
 
         from train.export import export_onnx, write_card
         from train.sampler import WindowSampler
+        from train.shapes import recipe_shapes
         from train.train import TrainConfig, train, train_ensemble
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -290,7 +303,10 @@ def train_cmd(
         frontend = FrontEndConfig(
             n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels, normalisation=normalisation
         )
-        mix = recipe_mix(remix_scale, snr_db)
+        mix = recipe_mix(remix_scale, snr_db, synth_shapes)
+        shapes = recipe_shapes(mix.synth_shapes, sets.train_recs)
+        if shapes is not None:  # the sampler measures the same recordings the same way
+            click.echo(shapes.describe())
         with click.progressbar(
             length=steps * members, label="training", file=sys.stderr, item_show_func=lambda x: x
         ) as bar:
@@ -342,10 +358,13 @@ def train_cmd(
 
 
 def recipe_mix(
-    remix_scale: tuple[float, float], snr_db: tuple[float, float] = (-3.0, 15.0)
+    remix_scale: tuple[float, float],
+    snr_db: tuple[float, float] = (-3.0, 15.0),
+    synth_shapes: str = "fixed",
 ) -> "Mix":
     """The sampler's mix for the recipe options, checked."""
     from train.sampler import Mix
+    from train.shapes import SYNTH_SHAPES
 
     lo, hi = remix_scale
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo <= hi):
@@ -353,7 +372,9 @@ def recipe_mix(
     quiet, loud = snr_db
     if not (np.isfinite(quiet) and np.isfinite(loud) and -60 <= quiet <= loud <= 60):
         raise WhaleError(f"--snr-db {quiet} {loud}: need -60 <= LOW <= HIGH <= 60")
-    return Mix(remix_scale=(lo, hi), snr_db=(quiet, loud))
+    if synth_shapes not in SYNTH_SHAPES:
+        raise WhaleError(f"--synth-shapes {synth_shapes!r}: choose {' or '.join(SYNTH_SHAPES)}")
+    return Mix(remix_scale=(lo, hi), snr_db=(quiet, loud), synth_shapes=synth_shapes)
 
 
 def writable_folder(folder: Path, flag: str) -> None:
@@ -629,6 +650,7 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
 )
 @REMIX_SCALE_OPTION
 @SNR_OPTION
+@SYNTH_SHAPES_OPTION
 @NORMALISATION_OPTION
 @click.option(
     "--out",
@@ -648,6 +670,7 @@ def crossval_cmd(
     jobs,
     remix_scale,
     snr_db,
+    synth_shapes,
     normalisation,
     out,
     channel,
@@ -658,7 +681,7 @@ def crossval_cmd(
     try:
         from train.crossval import load_review, run_crossval
 
-        mix = recipe_mix(remix_scale, snr_db)
+        mix = recipe_mix(remix_scale, snr_db, synth_shapes)
         writable_folder(out, "--out")
         spans = load_review(review) if review else {}
         sets = Datasets(list(data_paths), None, channel)
@@ -671,7 +694,11 @@ def crossval_cmd(
         options = {
             "steps": steps,
             "batch_size": batch_size,
-            "mix": {"remix_scale": mix.remix_scale, "snr_db": mix.snr_db},
+            "mix": {
+                "remix_scale": mix.remix_scale,
+                "snr_db": mix.snr_db,
+                "synth_shapes": mix.synth_shapes,
+            },
             "frontend": {"normalisation": normalisation},
         }
         run_crossval(

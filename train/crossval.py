@@ -25,6 +25,7 @@ from detector.errors import WhaleError
 from detector.timestamps import parse_start_time
 from train.data import Clip, Recording
 from train.evaluate import Scored, event_ap, event_row, match, wilson_interval
+from train.shapes import SHAPES_LINE
 
 # Thresholds of the operating-point table: dense near 1, where a small CNN's calls sit, and low
 # enough that the recall-first preset can be found.
@@ -201,7 +202,14 @@ def run_job(job: Job) -> dict:
     from train.train import train_model
 
     torch.set_num_threads(1)
-    model = train_model(job.train_recs, job.clips, seed=job.seed, **job.train_options)
+    notes: list[str] = []  # what the recipe measured from this fold's training recordings
+    model = train_model(
+        job.train_recs,
+        job.clips,
+        seed=job.seed,
+        log=lambda line: notes.append(line) if line.startswith(SHAPES_LINE) else None,
+        **job.train_options,
+    )
     path = job.out / "upcall.onnx"
     export_onnx(model, path)
     onnx = load_model(path, provider="cpu", threads=1)
@@ -218,6 +226,7 @@ def run_job(job: Job) -> dict:
         "seed": job.seed,
         "clip_auc": round(clip_auc(onnx.score, annotated), 4),
         "scores": scores,
+        "synthetic_shapes": notes[0] if notes else None,
     }
 
 
@@ -253,6 +262,11 @@ def summarise(results: list[dict], folds: list[Fold], review: dict[str, list[Spa
                 "clip_auc": res["clip_auc"],
                 "event_ap": round(event_ap(ann, bg), 4),
                 "table": [pooled_row(ann, bg, t, review) for t in GRID],
+                **(
+                    {"synthetic_shapes": res["synthetic_shapes"]}
+                    if res.get("synthetic_shapes")
+                    else {}
+                ),
             }
         )
     seeds = sorted({r["seed"] for r in results})
@@ -324,6 +338,9 @@ def format_report(summary: dict, title: str) -> str:
     lines = [f"# {title}", "", "Folds (held out): "]
     for f in summary["folds"]:
         lines.append(f"- {f['day']}: {', '.join(f['held_out'])} ({f['calls']} calls)")
+        shapes = [j.get("synthetic_shapes") for j in summary["per_job"] if j["day"] == f["day"]]
+        if shapes and shapes[0]:  # the fold's training days, the same for every seed
+            lines.append(f"  - trained with {shapes[0]}")
     lines += ["", f"## Per fold and seed at the pooled balanced threshold {balanced}", ""]
     lines += [
         "| held-out day | seed | clip AUC | event AP | recall | precision (strict) "

@@ -15,6 +15,7 @@ import numpy as np
 from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from train import synth
 from train.data import Clip, Recording
+from train.shapes import recipe_shapes
 
 CALL_MARGIN_S = 0.5  # negatives keep this far from any annotated call
 
@@ -32,6 +33,7 @@ class Mix:
     snr_db: tuple[float, float] = (-3.0, 15.0)
     stretch: float = 0.08  # frequency/time stretch, +-8 %
     remix_scale: tuple[float, float] = (0.2, 1.5)  # other background under a real call, x its level
+    synth_shapes: str = "fixed"  # synthetic calls from synth's fixed ranges, or "measured" ones
 
 
 def negative_starts(rec: Recording, hop: int, window: int = WINDOW_SAMPLES) -> np.ndarray:
@@ -91,6 +93,8 @@ class WindowSampler:
         ]
         if not self.negatives and not self.neg_clips:
             raise ValueError("no negative windows: give call-free audio or negative clips")
+        # measured from these recordings only: in crossval, a fold's training days
+        self.shapes = recipe_shapes(self.mix.synth_shapes, self.recordings)
 
     # -- single windows ------------------------------------------------------------------------
     def _stretch(self) -> float:
@@ -142,7 +146,10 @@ class WindowSampler:
         return self._excerpt(self.recordings[i].audio, int(start), factor)
 
     def synthetic_positive(self) -> np.ndarray:
-        call = synth.upcall(self.rng)
+        if self.shapes is None:
+            call = synth.upcall(self.rng)
+        else:
+            call = synth.upcall_from(self.shapes.draw(self.rng))
         return self._mix_into_noise(call)
 
     def lookalike_negative(self) -> np.ndarray:

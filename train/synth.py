@@ -6,6 +6,8 @@ the published call description: a 0.5-1.5 s up-sweep from about 50-100 Hz to 150
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.signal import butter, sosfilt, windows
 
@@ -31,14 +33,41 @@ def _peak_one(x: np.ndarray) -> np.ndarray:
     return (x / np.max(np.abs(x))).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class UpcallParams:
+    """One up-call's shape, apart from its synthesis: drawn from fixed ranges (`draw_upcall`) or
+    from the annotated calls' measurements (train/shapes.py)."""
+
+    duration_s: float
+    start_hz: float
+    end_hz: float
+    curve: float  # power-law exponent: <1 rises fast then levels off, >1 starts slowly
+    harmonics: tuple[float, ...]  # gains of 2x, 3x, ... relative to the fundamental
+    taper: float  # Tukey window alpha of the attack and decay
+
+
+def draw_upcall(rng: np.random.Generator) -> UpcallParams:
+    """The published call description's ranges (the draws in the order upcall always made them,
+    so the same rng gives the same call)."""
+    duration = rng.uniform(0.5, 1.5)
+    start, end = rng.uniform(50, 100), rng.uniform(150, 250)
+    curve = rng.uniform(0.7, 1.4)
+    harmonics = tuple(float(g) for g in rng.uniform(0.1, 0.4, size=rng.integers(1, 3)))
+    return UpcallParams(duration, start, end, curve, harmonics, rng.uniform(0.2, 0.5))
+
+
+def upcall_from(params: UpcallParams, sr: int = SR) -> np.ndarray:
+    """The call a shape describes: power-law frequency track, harmonics, peak amplitude 1."""
+    n = int(params.duration_s * sr)
+    start, end = params.start_hz, params.end_hz
+    freq = start + (end - start) * np.linspace(0, 1, n) ** params.curve
+    envelope = windows.tukey(n, alpha=params.taper)
+    return _peak_one(_tone(freq, sr, params.harmonics) * envelope)
+
+
 def upcall(rng: np.random.Generator, sr: int = SR) -> np.ndarray:
     """One up-call: curved rise (power-law track), 1-2 weaker harmonics, peak amplitude 1."""
-    n = int(rng.uniform(0.5, 1.5) * sr)
-    start, end = rng.uniform(50, 100), rng.uniform(150, 250)
-    curve = rng.uniform(0.7, 1.4)  # <1 rises fast then levels off, >1 starts slowly
-    freq = start + (end - start) * np.linspace(0, 1, n) ** curve
-    harmonics = tuple(rng.uniform(0.1, 0.4, size=rng.integers(1, 3)))
-    return _peak_one(_tone(freq, sr, harmonics) * _envelope(n, rng))
+    return upcall_from(draw_upcall(rng), sr)
 
 
 def lookalike(rng: np.random.Generator, sr: int = SR, kind: str | None = None) -> np.ndarray:

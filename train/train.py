@@ -184,6 +184,8 @@ def train_model(
     torch.manual_seed(seed)
     np.random.seed(seed)
     sampler = WindowSampler(recordings, clips, mix=Mix(**(mix or {})), seed=seed)
+    if sampler.shapes is not None:
+        log(sampler.shapes.describe())
     cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device="cpu")
     return train(sampler, cfg, FrontEndConfig(**(frontend or {})), time_pool, log=log).cpu()
 
