@@ -733,21 +733,25 @@ def _wait(proc: subprocess.Popen, started: float, timeout: float,
     """Wait for the process, sending the case's signal on time and killing a hang; returns
     (exit status or None if hung, peak RSS in kB, hung).
 
-    The peak is the new image's VmHWM, polled from /proc: wait4's ru_maxrss would count the
-    forking parent's memory too (the kernel keeps the pre-exec high-water mark). A signal's
+    The peak is the new image's VmHWM, polled from /proc, plus each of its children's (the
+    publisher process): their sum bounds what the unit's cgroup holds at once. wait4's ru_maxrss
+    would count the forking parent's memory too (the kernel keeps the pre-exec high-water
+    mark). A signal's
     delay counts from when the daemon's own handlers are in (SIGTERM caught): before that the
     interpreter itself is still starting, which no program can make print one line."""
-    hung, sent, handled_at, peak_kb = False, send is None, None, 0
-    status_file = f"/proc/{proc.pid}/status"
+    hung, sent, handled_at, peaks = False, send is None, None, {proc.pid: 0}
     while True:
         try:
-            with open(status_file) as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-            peak_kb = max(peak_kb, int(fields.get("VmHWM", "0 kB").split()[0]))
+            fields = _status(proc.pid)
             if handled_at is None and int(fields.get("SigCgt", "0"), 16) & (1 << 14):
                 handled_at = time.monotonic()
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            for pid in [proc.pid, *map(int, children)]:
+                hwm = _status(pid) if pid != proc.pid else fields
+                peaks[pid] = max(peaks.get(pid, 0), int(hwm.get("VmHWM", "0 kB").split()[0]))
         except (OSError, ValueError):
             pass
+        peak_kb = sum(peaks.values())
         if proc.poll() is not None:
             return proc.returncode, peak_kb, hung
         now = time.monotonic()
@@ -759,6 +763,11 @@ def _wait(proc: subprocess.Popen, started: float, timeout: float,
             proc.wait()
             return None, peak_kb, True
         time.sleep(0.005)
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.split(":", 1) for line in f if ":" in line)
 
 
 SUMMARY = re.compile(r"^whale-listen: done: .*, (\d+) event\(s\), \d+ dropped sample")
