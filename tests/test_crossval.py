@@ -51,6 +51,7 @@ def crossval_run(tmp_path_factory) -> Path:
     root = write_days(tmp_path_factory.mktemp("days"))
     args = ["crossval", "--data", str(root / "calls.csv"), "--data", str(root / "bg")]
     args += ["--review", str(root / "review.csv"), "--out", str(root / "cv"), *TINY]
+    args += ["--channels", "6,12,12", "--time-pool", "4"]  # a smaller net than the default
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return root
@@ -83,6 +84,31 @@ def test_crossval_writes_per_fold_and_pooled_figures(crossval_run: Path) -> None
     report = (out / "report.md").read_text()
     assert "## Per fold and seed" in report and "## Do the thresholds carry over?" in report
     assert report.count("| 2026-01-02 |") >= 2
+
+
+def test_crossval_records_and_trains_the_network_it_was_given(crossval_run: Path) -> None:
+    import onnx
+
+    out = crossval_run / "cv"
+    summary = json.loads((out / "crossval.json").read_text())
+    assert summary["train_options"]["net"] == {"channels": [6, 12, 12], "time_pool": 4}
+    assert (
+        "CNN: conv blocks of 6, 12, 12 channels, first time pooling 4"
+        in (out / "report.md").read_text()
+    )
+    graph = onnx.load(str(out / "fold_2026-01-02_s1" / "upcall.onnx")).graph
+    weights = {i.name: i.dims for i in graph.initializer}
+    convs = [n.input[1] for n in graph.node if n.op_type == "Conv"]
+    widths = [weights[w][0] for w in convs if not w.startswith("detector.frontend")]
+    assert widths == [6, 12, 12]
+    strides = [
+        list(a.ints)
+        for n in graph.node
+        if n.op_type == "MaxPool"
+        for a in n.attribute
+        if a.name == "strides"
+    ]
+    assert strides == [[2, 4], [2, 2]]  # the first pooling's time step, then 2 x 2
 
 
 def test_crossval_refuses_one_day_and_unstamped_names(tmp_path: Path) -> None:

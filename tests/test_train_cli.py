@@ -151,3 +151,67 @@ def test_the_snr_range_reaches_the_sampler():
     from train.cli import recipe_mix
 
     assert recipe_mix((0.2, 1.5), (-20.0, 0.0)).snr_db == (-20.0, 0.0)
+
+
+def synthetic_calls(root: Path) -> Path:
+    """A 20-s recording with two planted up-calls and its annotation table."""
+    from train import synth
+
+    audio, calls = synth.synthetic_recording(np.random.default_rng(3), 20, 2, n_lookalikes=0)
+    sf.write(root / "rec_20260101_000000.wav", audio, SR, subtype="PCM_16")
+    rows = ["filename,start,end,label"]
+    rows += [f"rec_20260101_000000.wav,{s:.3f},{e:.3f},upcall" for s, e in calls]
+    (root / "calls.csv").write_text("\n".join(rows) + "\n")
+    return root / "calls.csv"
+
+
+def test_channels_reach_the_exported_network_and_the_daemon_screen(tmp_path):
+    """A wider CNN than the default exports with its widths in the card, loads as a model, and
+    the stream scorer's screen (parsed from the head graph) runs its convolutions."""
+    from detector.model import load_card, load_model
+    from detector.streaming import load_screen
+
+    args = ["train", "--data", str(synthetic_calls(tmp_path)), "--out", str(tmp_path / "m")]
+    args += ["--steps", "2", "--batch-size", "8", "--normalisation", "pcen"]
+    result = CliRunner().invoke(main, [*args, "--channels", "12,24,48,48", "--time-pool", "4"])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "m" / "upcall.onnx"
+    arch = load_card(path)["architecture"]
+    assert arch["channels"] == [12, 24, 48, 48] and arch["time_pool"] == 4
+    model = load_model(path, provider="cpu", threads=1)
+    assert model.score(np.zeros((2, 4000), np.float32)).shape == (2,)
+    screen = load_screen(model)
+    assert screen is not None and screen.stride == 4 * 2 * 2  # time pools of blocks 1-3
+    fmap = screen.session.run(None, {"image": np.zeros((1, 1, 32, 200), np.float32)})[0]
+    assert fmap.shape[1] == 48
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--channels", "8,x,16"], ["--channels", "whole numbers"]),
+        (["--channels", "8"], ["--channels 8", "2 to 6 conv blocks, got 1"]),
+        (["--channels", "8,8,8,8,8,8,8"], ["2 to 6 conv blocks, got 7"]),
+        (["--channels", "8,0,16"], ["--channels 8,0,16", "1 to 128"]),
+        (["--channels", "8,16,129"], ["1 to 128"]),
+        (["--time-pool", "50"], ["--time-pool 50", "94 frames"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "crossval"])
+def test_a_network_that_cannot_be_built_fails_before_training(tmp_path, command, extra, words):
+    data = clip(tmp_path / "bg" / "noise.wav", seconds=5)
+    args = [command, "--steps", "100000", "--data", str(data), "--out", str(tmp_path / "m")]
+    result = CliRunner().invoke(main, [*args, *extra])
+    assert_one_line(result.exit_code, result.stderr, *words)
+
+
+def test_more_blocks_than_the_mel_bands_take_is_one_line(tmp_path):
+    data = clip(tmp_path / "bg" / "noise.wav", seconds=5)
+    args = ["train", "--steps", "100000", "--data", str(data), "--out", str(tmp_path / "m")]
+    result = CliRunner().invoke(main, [*args, "--n-mels", "8", "--channels", "8,8,8,8,8"])
+    assert_one_line(result.exit_code, result.stderr, "--channels 8,8,8,8,8", "8 mel bands")
+    card = tmp_path / "card.json"  # read after the network's check, so that it stops the run
+    card.write_text("[]")
+    args += ["--metrics-from", str(card), "--n-mels", "8"]
+    result = CliRunner().invoke(main, [*args, "--channels", "8,8,8,8"])  # 4 blocks take 8 bands
+    assert_one_line(result.exit_code, result.stderr, "--metrics-from")

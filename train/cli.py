@@ -15,7 +15,7 @@ from detector.cli import FiniteFloatRange
 from detector.errors import WhaleError
 from detector.model import sha256_file
 from train.frontend import FrontEndConfig
-from train.net import TIME_POOL
+from train.net import CHANNELS, MAX_BLOCKS, MAX_WIDTH, TIME_POOL
 
 if TYPE_CHECKING:
     from train.sampler import Mix
@@ -66,6 +66,23 @@ SYNTH_SHAPES_OPTION = click.option(
     "ranges (0.5-1.5 s, 50-100 Hz rising to 150-250 Hz); 'measured' resamples the shapes "
     "(duration, start/end frequency, curvature, 2nd harmonic) measured from the training "
     "recordings' annotated calls, each jittered +-10 %. Their SNR still comes from --snr-db.",
+)
+WIDTHS_OPTION = click.option(
+    "--channels",
+    "widths",
+    default=",".join(map(str, CHANNELS)),
+    show_default=True,
+    metavar="W1,W2,...",
+    help=f"Recipe: the CNN's channels per conv block, comma-separated (2-{MAX_BLOCKS} blocks of "
+    f"1-{MAX_WIDTH}; every block but the last halves the mel bands).",
+)
+TIME_POOL_OPTION = click.option(
+    "--time-pool",
+    type=click.IntRange(1),
+    default=TIME_POOL,
+    show_default=True,
+    help="Recipe: time step of the CNN's first pooling, in frames (4 halves the later layers' "
+    "cost).",
 )
 NORMALISATION_OPTION = click.option(
     "--normalisation",
@@ -244,13 +261,8 @@ def main() -> None:
     show_default=True,
     help="Mel bands over 30-400 Hz (each must span at least two FFT bins).",
 )
-@click.option(
-    "--time-pool",
-    type=click.IntRange(1),
-    default=TIME_POOL,
-    show_default=True,
-    help="Time step of the CNN's first pooling, in frames (4 halves the later layers' cost).",
-)
+@WIDTHS_OPTION
+@TIME_POOL_OPTION
 @click.option(
     "--members",
     type=click.IntRange(1, 16),
@@ -279,6 +291,7 @@ def train_cmd(
     n_fft,
     frame_hop,
     n_mels,
+    widths,
     time_pool,
     members,
 ) -> None:
@@ -294,15 +307,16 @@ def train_cmd(
         torch.set_num_threads(max(1, torch.get_num_threads()))
         # everything that can fail without training fails now, not after the training run
         writable_folder(out, "--out")
+        frontend = FrontEndConfig(
+            n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels, normalisation=normalisation
+        )
+        channels = tuple(recipe_net(widths, time_pool, frontend)["channels"])
         old_card = read_card(metrics_from) if metrics_from else None
         points = read_operating_points(operating_points) if operating_points else None
         sets = Datasets(list(data_paths), set(holdout), channel)
         click.echo(sets.describe())
         np.random.seed(seed)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device=device)
-        frontend = FrontEndConfig(
-            n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels, normalisation=normalisation
-        )
         mix = recipe_mix(remix_scale, snr_db, synth_shapes)
         shapes = recipe_shapes(mix.synth_shapes, sets.train_recs)
         if shapes is not None:  # the sampler measures the same recordings the same way
@@ -321,6 +335,7 @@ def train_cmd(
                     mix=mix,
                     log=click.echo,
                     progress=lambda n, loss: bar.update(n, f"loss {loss:.4f}"),
+                    channels=channels,
                 )
             else:
                 model = train(
@@ -330,6 +345,7 @@ def train_cmd(
                     time_pool,
                     log=click.echo,
                     progress=lambda step, loss: bar.update(1, f"loss {loss:.4f}"),
+                    channels=channels,
                 ).cpu()
         model_path = out / f"{name}.onnx"
         export_onnx(model, model_path)
@@ -375,6 +391,39 @@ def recipe_mix(
     if synth_shapes not in SYNTH_SHAPES:
         raise WhaleError(f"--synth-shapes {synth_shapes!r}: choose {' or '.join(SYNTH_SHAPES)}")
     return Mix(remix_scale=(lo, hi), snr_db=(quiet, loud), synth_shapes=synth_shapes)
+
+
+def recipe_net(widths: str, time_pool: int, frontend: FrontEndConfig) -> dict:
+    """The CNN's shape for the recipe options, checked against the front end's image (every
+    pooled block must keep at least one band and one frame): {"channels": [...], "time_pool"}."""
+    from train.net import pooled_size
+
+    try:
+        channels = [int(w) for w in widths.split(",")]
+    except ValueError:
+        raise WhaleError(
+            f"--channels {widths!r}: need whole numbers separated by commas, one width per conv "
+            f"block (e.g. {','.join(map(str, CHANNELS))})"
+        ) from None
+    shown, blocks = ",".join(map(str, channels)), len(channels)
+    if not 2 <= blocks <= MAX_BLOCKS:
+        raise WhaleError(f"--channels {shown}: need 2 to {MAX_BLOCKS} conv blocks, got {blocks}")
+    if not all(1 <= w <= MAX_WIDTH for w in channels):
+        raise WhaleError(f"--channels {shown}: each width must be 1 to {MAX_WIDTH}")
+    bands, frames = pooled_size(blocks, time_pool, frontend.n_mels, frontend.n_frames)
+    if bands < 1:
+        raise WhaleError(
+            f"--channels {shown}: {blocks} blocks halve the {frontend.n_mels} mel bands "
+            f"{blocks - 1} times, to none; {frontend.n_mels} bands take at most "
+            f"{frontend.n_mels.bit_length()} blocks"
+        )
+    if frames < 1:
+        raise WhaleError(
+            f"--time-pool {time_pool}: with {blocks} conv blocks it pools the "
+            f"{frontend.n_frames} frames of a window to none; give a smaller --time-pool or "
+            f"fewer blocks"
+        )
+    return {"channels": channels, "time_pool": time_pool}
 
 
 def writable_folder(folder: Path, flag: str) -> None:
@@ -652,6 +701,8 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
 @SNR_OPTION
 @SYNTH_SHAPES_OPTION
 @NORMALISATION_OPTION
+@WIDTHS_OPTION
+@TIME_POOL_OPTION
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -672,6 +723,8 @@ def crossval_cmd(
     snr_db,
     synth_shapes,
     normalisation,
+    widths,
+    time_pool,
     out,
     channel,
 ) -> None:
@@ -682,6 +735,7 @@ def crossval_cmd(
         from train.crossval import load_review, run_crossval
 
         mix = recipe_mix(remix_scale, snr_db, synth_shapes)
+        net = recipe_net(widths, time_pool, FrontEndConfig(normalisation=normalisation))
         writable_folder(out, "--out")
         spans = load_review(review) if review else {}
         sets = Datasets(list(data_paths), None, channel)
@@ -700,6 +754,7 @@ def crossval_cmd(
                 "synth_shapes": mix.synth_shapes,
             },
             "frontend": {"normalisation": normalisation},
+            "net": net,
         }
         run_crossval(
             sets.eval_ann,

@@ -335,7 +335,15 @@ def format_report(summary: dict, title: str) -> str:
     presets = summary["pooled"]["presets"]
     balanced = presets["balanced"]["threshold"]
     pooled = {r["threshold"]: r for r in summary["pooled"]["table"]}
-    lines = [f"# {title}", "", "Folds (held out): "]
+    lines = [f"# {title}", ""]
+    net = (summary.get("train_options") or {}).get("net")
+    if net:  # what the recipe's rows ran, beside the folds
+        widths = ", ".join(map(str, net["channels"]))
+        lines += [
+            f"CNN: conv blocks of {widths} channels, first time pooling {net['time_pool']}",
+            "",
+        ]
+    lines += ["Folds (held out): "]
     for f in summary["folds"]:
         lines.append(f"- {f['day']}: {', '.join(f['held_out'])} ({f['calls']} calls)")
         shapes = [j.get("synthetic_shapes") for j in summary["per_job"] if j["day"] == f["day"]]

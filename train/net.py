@@ -15,6 +15,16 @@ from train.frontend import FrontEnd, FrontEndConfig
 
 CHANNELS = (8, 16, 32, 32)
 TIME_POOL = 2  # the first pooling's step in time; 4 halves the cost of every later layer
+MAX_BLOCKS = 6  # conv blocks a recipe may ask for (6 halve the default 32 mel bands to 1)
+MAX_WIDTH = 128  # channels per block a recipe may ask for
+
+
+def pooled_size(n_blocks: int, time_pool: int, n_mels: int, n_frames: int) -> tuple[int, int]:
+    """(bands, frames) of the last block's map: every block but the last pools 2 in frequency,
+    the first `time_pool` in time and the others 2. A size of 0 is a net that cannot be built."""
+    if n_blocks < 2:
+        return n_mels, n_frames
+    return n_mels // 2 ** (n_blocks - 1), n_frames // (time_pool * 2 ** (n_blocks - 2))
 
 
 def conv_block(c_in: int, c_out: int, pool: tuple[int, int] | None) -> nn.Sequential:

@@ -22,7 +22,7 @@ from torch import nn
 from detector.constants import WINDOW_SAMPLES
 from train.data import Clip, Recording
 from train.frontend import FrontEndConfig
-from train.net import TIME_POOL, UpcallDetector, combine
+from train.net import CHANNELS, TIME_POOL, UpcallDetector, combine
 from train.sampler import Mix, WindowSampler, negative_starts
 
 
@@ -122,16 +122,18 @@ def train(
     progress: Callable[[int, float], None] | None = None,
     init: UpcallDetector | None = None,
     freeze: Callable[[nn.Module], None] | None = None,
+    channels: tuple[int, ...] = CHANNELS,
 ) -> UpcallDetector:
-    """Train a new detector, or fine-tune a copy of `init` (then `freeze` fixes what must not
-    move, e.g. folded batch norms)."""
+    """Train a new detector (conv widths `channels`, first time pooling `time_pool`), or
+    fine-tune a copy of `init` (then `freeze` fixes what must not move, e.g. folded batch
+    norms)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     if init is not None:
         model = copy.deepcopy(init).to(device).train()
     else:
-        model = UpcallDetector(frontend, time_pool=time_pool).to(device)
+        model = UpcallDetector(frontend, channels, time_pool).to(device)
     if freeze is not None:
         freeze(model)
     params = [p for p in model.net.parameters() if p.requires_grad]
@@ -175,19 +177,28 @@ def train_model(
     steps: int = 3600,
     batch_size: int = 96,
     frontend: dict | None = None,
-    time_pool: int = TIME_POOL,
+    net: dict | None = None,
     mix: dict | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> UpcallDetector:
     """One detector from a recipe given as plain values (JSON-able, for crossval's workers and
-    its report): frontend and mix are FrontEndConfig and Mix fields."""
+    its report): frontend and mix are FrontEndConfig and Mix fields, net the CNN's `channels`
+    (a list of widths) and `time_pool`."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     sampler = WindowSampler(recordings, clips, mix=Mix(**(mix or {})), seed=seed)
     if sampler.shapes is not None:
         log(sampler.shapes.describe())
     cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device="cpu")
-    return train(sampler, cfg, FrontEndConfig(**(frontend or {})), time_pool, log=log).cpu()
+    net = net or {}
+    return train(
+        sampler,
+        cfg,
+        FrontEndConfig(**(frontend or {})),
+        net.get("time_pool", TIME_POOL),
+        log=log,
+        channels=tuple(net.get("channels", CHANNELS)),
+    ).cpu()
 
 
 @dataclass
@@ -201,6 +212,7 @@ class MemberJob:
     frontend: FrontEndConfig | None
     time_pool: int
     mix: Mix | None = None
+    channels: tuple[int, ...] = CHANNELS
 
 
 def _train_member(job: MemberJob, queue: Queue) -> dict:
@@ -217,7 +229,15 @@ def _train_member(job: MemberJob, queue: Queue) -> dict:
         if line.startswith("step") and "mined" in line:
             queue.put((job.index, -1, line))
 
-    model = train(sampler, job.cfg, job.frontend, job.time_pool, log=log, progress=progress)
+    model = train(
+        sampler,
+        job.cfg,
+        job.frontend,
+        job.time_pool,
+        log=log,
+        progress=progress,
+        channels=job.channels,
+    )
     return {k: v.cpu() for k, v in model.state_dict().items()}
 
 
@@ -231,13 +251,23 @@ def train_ensemble(
     mix: Mix | None = None,
     log: Callable[[str], None] = print,
     progress: Callable[[int, float], None] | None = None,
+    channels: tuple[int, ...] = CHANNELS,
 ) -> UpcallDetector:
     """Train `members` detectors with seeds seed, seed+1, ... in parallel processes, each on one
     thread, and combine them into one model that averages their logits. progress gets the total
     of steps done over all members and the mean of their running losses."""
     ctx = multiprocessing.get_context("spawn")
     jobs = [
-        MemberJob(k, recordings, clips, replace(cfg, seed=cfg.seed + k), frontend, time_pool, mix)
+        MemberJob(
+            k,
+            recordings,
+            clips,
+            replace(cfg, seed=cfg.seed + k),
+            frontend,
+            time_pool,
+            mix,
+            channels,
+        )
         for k in range(members)
     ]
     done_steps, losses = [0] * members, [float("nan")] * members
@@ -261,7 +291,7 @@ def train_ensemble(
         states = [f.result() for f in futures]
     detectors = []
     for state in states:
-        detector = UpcallDetector(frontend, time_pool=time_pool)
+        detector = UpcallDetector(frontend, channels, time_pool)
         detector.load_state_dict(state)
         detectors.append(detector.eval())
     log(f"trained {members} members (seeds {cfg.seed}..{cfg.seed + members - 1})")
