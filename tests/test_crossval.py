@@ -51,7 +51,7 @@ def crossval_run(tmp_path_factory) -> Path:
     root = write_days(tmp_path_factory.mktemp("days"))
     args = ["crossval", "--data", str(root / "calls.csv"), "--data", str(root / "bg")]
     args += ["--review", str(root / "review.csv"), "--out", str(root / "cv"), *TINY]
-    args += ["--channels", "6,12,12", "--time-pool", "4"]  # a smaller net than the default
+    args += ["--conv-widths", "6,12,12", "--time-pool", "4"]  # a smaller net than the default
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return root

@@ -173,7 +173,7 @@ def test_channels_reach_the_exported_network_and_the_daemon_screen(tmp_path):
 
     args = ["train", "--data", str(synthetic_calls(tmp_path)), "--out", str(tmp_path / "m")]
     args += ["--steps", "2", "--batch-size", "8", "--normalisation", "pcen"]
-    result = CliRunner().invoke(main, [*args, "--channels", "12,24,48,48", "--time-pool", "4"])
+    result = CliRunner().invoke(main, [*args, "--conv-widths", "12,24,48,48", "--time-pool", "4"])
     assert result.exit_code == 0, result.output
     path = tmp_path / "m" / "upcall.onnx"
     arch = load_card(path)["architecture"]
@@ -189,11 +189,11 @@ def test_channels_reach_the_exported_network_and_the_daemon_screen(tmp_path):
 @pytest.mark.parametrize(
     "extra, words",
     [
-        (["--channels", "8,x,16"], ["--channels", "whole numbers"]),
-        (["--channels", "8"], ["--channels 8", "2 to 6 conv blocks, got 1"]),
-        (["--channels", "8,8,8,8,8,8,8"], ["2 to 6 conv blocks, got 7"]),
-        (["--channels", "8,0,16"], ["--channels 8,0,16", "1 to 128"]),
-        (["--channels", "8,16,129"], ["1 to 128"]),
+        (["--conv-widths", "8,x,16"], ["--conv-widths", "whole numbers"]),
+        (["--conv-widths", "8"], ["--conv-widths 8", "2 to 6 conv blocks, got 1"]),
+        (["--conv-widths", "8,8,8,8,8,8,8"], ["2 to 6 conv blocks, got 7"]),
+        (["--conv-widths", "8,0,16"], ["--conv-widths 8,0,16", "1 to 128"]),
+        (["--conv-widths", "8,16,129"], ["1 to 128"]),
         (["--time-pool", "50"], ["--time-pool 50", "94 frames"]),
     ],
 )
@@ -208,10 +208,10 @@ def test_a_network_that_cannot_be_built_fails_before_training(tmp_path, command,
 def test_more_blocks_than_the_mel_bands_take_is_one_line(tmp_path):
     data = clip(tmp_path / "bg" / "noise.wav", seconds=5)
     args = ["train", "--steps", "100000", "--data", str(data), "--out", str(tmp_path / "m")]
-    result = CliRunner().invoke(main, [*args, "--n-mels", "8", "--channels", "8,8,8,8,8"])
-    assert_one_line(result.exit_code, result.stderr, "--channels 8,8,8,8,8", "8 mel bands")
+    result = CliRunner().invoke(main, [*args, "--n-mels", "8", "--conv-widths", "8,8,8,8,8"])
+    assert_one_line(result.exit_code, result.stderr, "--conv-widths 8,8,8,8,8", "8 mel bands")
     card = tmp_path / "card.json"  # read after the network's check, so that it stops the run
     card.write_text("[]")
     args += ["--metrics-from", str(card), "--n-mels", "8"]
-    result = CliRunner().invoke(main, [*args, "--channels", "8,8,8,8"])  # 4 blocks take 8 bands
+    result = CliRunner().invoke(main, [*args, "--conv-widths", "8,8,8,8"])  # 4 blocks take 8 bands
     assert_one_line(result.exit_code, result.stderr, "--metrics-from")

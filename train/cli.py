@@ -68,7 +68,7 @@ SYNTH_SHAPES_OPTION = click.option(
     "recordings' annotated calls, each jittered +-10 %. Their SNR still comes from --snr-db.",
 )
 WIDTHS_OPTION = click.option(
-    "--channels",
+    "--conv-widths",
     "widths",
     default=",".join(map(str, CHANNELS)),
     show_default=True,
@@ -402,18 +402,18 @@ def recipe_net(widths: str, time_pool: int, frontend: FrontEndConfig) -> dict:
         channels = [int(w) for w in widths.split(",")]
     except ValueError:
         raise WhaleError(
-            f"--channels {widths!r}: need whole numbers separated by commas, one width per conv "
+            f"--conv-widths {widths!r}: need whole numbers separated by commas, one width per conv "
             f"block (e.g. {','.join(map(str, CHANNELS))})"
         ) from None
     shown, blocks = ",".join(map(str, channels)), len(channels)
     if not 2 <= blocks <= MAX_BLOCKS:
-        raise WhaleError(f"--channels {shown}: need 2 to {MAX_BLOCKS} conv blocks, got {blocks}")
+        raise WhaleError(f"--conv-widths {shown}: need 2 to {MAX_BLOCKS} conv blocks, got {blocks}")
     if not all(1 <= w <= MAX_WIDTH for w in channels):
-        raise WhaleError(f"--channels {shown}: each width must be 1 to {MAX_WIDTH}")
+        raise WhaleError(f"--conv-widths {shown}: each width must be 1 to {MAX_WIDTH}")
     bands, frames = pooled_size(blocks, time_pool, frontend.n_mels, frontend.n_frames)
     if bands < 1:
         raise WhaleError(
-            f"--channels {shown}: {blocks} blocks halve the {frontend.n_mels} mel bands "
+            f"--conv-widths {shown}: {blocks} blocks halve the {frontend.n_mels} mel bands "
             f"{blocks - 1} times, to none; {frontend.n_mels} bands take at most "
             f"{frontend.n_mels.bit_length()} blocks"
         )
