@@ -26,6 +26,8 @@ from tests.fuzzing import Fuzzer, Outcome, run_many  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "deploy" / "whale-listen.service"
 SHIPPED_MODEL = REPO / "detector" / "models" / "upcall.onnx"
+BEGIN, END = "<!-- bench/fuzz.py: begin -->", "<!-- bench/fuzz.py: end -->"
+NOTES = "<!-- bench/fuzz.py: notes (kept by --write) -->"
 SECTION = "## Hostile input (bench/fuzz.py)"
 
 
@@ -102,7 +104,7 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, info: dict) -> lis
     lines = [
         SECTION,
         "",
-        f"`nice -n 19 python bench/fuzz.py --cases {len(outcomes)} --seed {args.seed} "
+        f"`{_nice()}python bench/fuzz.py --cases {len(outcomes)} --seed {args.seed} "
         f"--workers {args.workers} --timeout {args.timeout:g}` on {info['date']} "
         f"(commit {info['commit']}, {info['cpu']}, "
         f"{os.cpu_count()} cores shared with other work: load average {info['load_start']} at "
@@ -160,16 +162,24 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, info: dict) -> lis
     return lines
 
 
+def _nice() -> str:
+    """How the run was niced, as the command line would say it."""
+    niceness = os.nice(0)
+    return f"nice -n {niceness} " if niceness else ""
+
+
 def write_section(path: Path, lines: list[str]) -> None:
-    """Replace (or append) the Hostile input section of BENCHMARKS.md, leaving the rest."""
+    """Replace (or append) the Hostile input section of BENCHMARKS.md, leaving the rest: the
+    figures up to the notes marker (or the section's end marker); the notes written by hand
+    after it and the markers that bench/run.py keeps the section by stay as they are."""
     text = path.read_text() if path.exists() else ""
     start = text.find(SECTION)
     if start < 0:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines)
+        text = text.rstrip("\n") + "\n\n" + "\n".join([BEGIN, *lines, NOTES, END]) + "\n"
     else:
-        end = text.find("\n## ", start + len(SECTION))
-        rest = text[end + 1 :] if end >= 0 else ""
-        text = text[:start] + "\n".join(lines) + ("\n" + rest if rest else "")
+        ends = [i for i in (text.find(NOTES, start), text.find(END, start)) if i >= 0]
+        end = min(ends) if ends else len(text)
+        text = text[:start] + "\n".join(lines) + "\n\n" + text[end:]
     path.write_text(text)
 
 

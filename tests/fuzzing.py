@@ -734,7 +734,8 @@ def _wait(proc: subprocess.Popen, started: float, timeout: float,
     (exit status or None if hung, peak RSS in kB, hung).
 
     The peak is the new image's VmHWM, polled from /proc, plus each of its children's (the
-    publisher process): their sum bounds what the unit's cgroup holds at once. wait4's ru_maxrss
+    publisher process) once it has exec'd: their sum bounds what the unit's cgroup holds at
+    once. wait4's ru_maxrss
     would count the forking parent's memory too (the kernel keeps the pre-exec high-water
     mark). A signal's
     delay counts from when the daemon's own handlers are in (SIGTERM caught): before that the
@@ -745,10 +746,13 @@ def _wait(proc: subprocess.Popen, started: float, timeout: float,
             fields = _status(proc.pid)
             if handled_at is None and int(fields.get("SigCgt", "0"), 16) & (1 << 14):
                 handled_at = time.monotonic()
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-            for pid in [proc.pid, *map(int, children)]:
-                hwm = _status(pid) if pid != proc.pid else fields
-                peaks[pid] = max(peaks.get(pid, 0), int(hwm.get("VmHWM", "0 kB").split()[0]))
+            peaks[proc.pid] = max(peaks[proc.pid], int(fields.get("VmHWM", "0 kB").split()[0]))
+            own = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+            for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == own:
+                    continue  # between fork and exec it still shows the daemon's own memory
+                hwm = int(_status(int(pid)).get("VmHWM", "0 kB").split()[0])
+                peaks[int(pid)] = max(peaks.get(int(pid), 0), hwm)
         except (OSError, ValueError):
             pass
         peak_kb = sum(peaks.values())
