@@ -238,6 +238,21 @@ class _Patched:
         self._file.close()
 
 
+def _chunks(f: BinaryIO, order: str) -> Iterator[tuple[int, bytes, int]]:
+    """(offset, id, size) of each chunk after a RIFF/FORM file's 12-byte header, in the byte
+    order `order` ("<" RIFF, ">" AIFF), up to _MAX_CHUNKS and the first short header; the file
+    is at the chunk's body when one is given."""
+    pos = 12
+    for _ in range(_MAX_CHUNKS):
+        f.seek(pos)
+        header = f.read(8)
+        if len(header) < 8:
+            return
+        size = struct.unpack(order + "I", header[4:8])[0]
+        yield pos, header[:4], size
+        pos += 8 + size + (size & 1)
+
+
 def _plausible_chunk(header: bytes, end: int, file_size: int, order: str = "<") -> bool:
     """Whether 8 bytes are a chunk header (ASCII id, a size that fits in the file): RIFF's
     sizes are little-endian ("<"), AIFF's big-endian (">")."""
@@ -260,14 +275,8 @@ def _wav_fix(f: BinaryIO, file_size: int) -> tuple[dict[int, bytes], str | None]
     head = f.read(12)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return {}, None
-    pos = 12
-    for _ in range(_MAX_CHUNKS):
-        f.seek(pos)
-        header = f.read(8)
-        if len(header) < 8:
-            return {}, None
-        size = struct.unpack("<I", header[4:8])[0]
-        if header[:4] == b"data":
+    for pos, kind, size in _chunks(f, "<"):
+        if kind == b"data":
             start, end = pos + 8, pos + 8 + size + (size & 1)
             if end >= file_size or size in _UNFINISHED_SIZES - {0}:
                 return {}, None
@@ -277,7 +286,6 @@ def _wav_fix(f: BinaryIO, file_size: int) -> tuple[dict[int, bytes], str | None]
             real = min(file_size - start, 0xFFFFFFFE)
             note = f"WAV header declares {size} data bytes, the file holds {real}: read them all"
             return {pos + 4: struct.pack("<I", real)}, note
-        pos += 8 + size + (size & 1)
     return {}, None
 
 
@@ -307,16 +315,11 @@ def _aiff_fix(f: BinaryIO, file_size: int) -> tuple[dict[int, bytes], str | None
     head = f.read(12)
     if len(head) < 12 or head[:4] != b"FORM" or head[8:12] not in (b"AIFF", b"AIFC"):
         return {}, None
-    pos, comm_at, comm = 12, None, b""
-    for _ in range(_MAX_CHUNKS):
-        f.seek(pos)
-        header = f.read(8)
-        if len(header) < 8:
-            return {}, None
-        size = struct.unpack(">I", header[4:8])[0]
-        if header[:4] == b"COMM":
+    comm_at, comm = None, b""
+    for pos, kind, size in _chunks(f, ">"):
+        if kind == b"COMM":
             comm_at, comm = pos, f.read(min(size, 64))
-        elif header[:4] == b"SSND":
+        elif kind == b"SSND":
             start, end = pos + 8, pos + 8 + size + (size & 1)
             frame_bytes = _aiff_frame_bytes(comm, head[8:12] == b"AIFC")
             if end >= file_size or size in _UNFINISHED_SIZES - {0} or frame_bytes is None:
@@ -337,7 +340,6 @@ def _aiff_fix(f: BinaryIO, file_size: int) -> tuple[dict[int, bytes], str | None
             if comm_at is not None:
                 patches[comm_at + 10] = struct.pack(">I", frames)  # COMM's numSampleFrames
             return patches, note
-        pos += 8 + size + (size & 1)
     return {}, None
 
 
