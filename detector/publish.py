@@ -34,6 +34,7 @@ START_TIMEOUT_S = 20.0  # for the publisher process to bind (Python start-up, zm
 RESTART_INTERVAL_S = 1.0  # a process that keeps dying is started again at most this often
 PAIR_BUFFER = 1 << 20  # bytes queued towards the process while it is busy
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+NO_COUNTS = {"subscriptions": 0, "foreign": 0, "reopened": 0, "dropped": 0}  # a new process's
 
 
 class Publisher:
@@ -45,7 +46,7 @@ class Publisher:
         self.allowed = len(curve.allowed) if curve is not None else 0  # CURVE client keys
         self.endpoints: list[str] = list(endpoints)  # as bound (the real port of tcp://host:*)
         self.restarts = 0  # publisher processes started again after one ended
-        self._counts = {"subscriptions": 0, "foreign": 0, "reopened": 0, "dropped": 0}
+        self._counts = dict(NO_COUNTS)
         self._lost = 0  # messages dropped on this side (process busy or gone)
         self._earlier = {"reopened": 0, "dropped": 0}  # counts of processes that ended
         self._down_since: float | None = None
@@ -85,7 +86,7 @@ class Publisher:
             self._down_since = None
             return
         why = reply[1:].decode("utf-8", "replace") if reply[:1] == b"E" else self._ended()
-        self._stop(kill=True)
+        self._stop()
         raise WhaleError(why)
 
     def _reply(self, timeout_s: float) -> bytes:
@@ -112,12 +113,13 @@ class Publisher:
         last = f": {escape(lines[-1][:200])}" if lines else ""
         return f"the publisher process ended ({how}){last}"
 
-    def _stop(self, kill: bool) -> None:
+    def _stop(self) -> None:
+        """Close the pair and reap the process (killed if it is still there)."""
         if self._pair is not None:
             self._pair.close()
             self._pair = None
         if self._process is not None:
-            if kill and self._process.poll() is None:
+            if self._process.poll() is None:
                 self._process.kill()
             self._process.wait()
             if self._process.stderr:
@@ -129,8 +131,8 @@ class Publisher:
         why = self._ended()
         self._earlier["reopened"] += self._counts["reopened"]
         self._earlier["dropped"] += self._counts["dropped"]
-        self._counts = {"subscriptions": 0, "foreign": 0, "reopened": 0, "dropped": 0}
-        self._stop(kill=True)
+        self._counts = dict(NO_COUNTS)
+        self._stop()
         self._down_since = time.monotonic()
         say(f"zeromq: {why}; starting it again (subscribers fetch what they miss by catch-up)")
 
@@ -247,7 +249,7 @@ class Publisher:
                 self._process.wait(timeout=linger_ms / 1000 + 5.0)
             except subprocess.TimeoutExpired:
                 pass
-        self._stop(kill=True)
+        self._stop()
 
     def __enter__(self) -> "Publisher":
         return self

@@ -63,9 +63,7 @@ def relay(pair: socket.socket, xpub: Xpub) -> None:
         poller = zmq.Poller()  # anew each time: a reopen replaces the socket
         poller.register(pair.fileno(), zmq.POLLIN)
         poller.register(xpub.socket, zmq.POLLIN)
-        ready = dict(poller.poll(STATUS_MS))
-        if xpub.socket in ready:
-            xpub.drain(0)
+        ready = dict(poller.poll(STATUS_MS))  # subscriptions are read below, by _counts
         while pair.fileno() in ready:
             try:
                 frame = pair.recv(MAX_FRAME, socket.MSG_DONTWAIT)
