@@ -318,8 +318,14 @@ def train_cmd(
         np.random.seed(seed)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device=device)
         mix = recipe_mix(remix_scale, snr_db, synth_shapes)
-        shapes = recipe_shapes(mix.synth_shapes, sets.train_recs)
-        if shapes is not None:  # the sampler measures the same recordings the same way
+        # one model: its sampler, built now, measures the shapes; an ensemble's members build
+        # theirs in their own processes, so they are measured here too, to fail before training
+        if members == 1:
+            sampler = WindowSampler(sets.train_recs, sets.clips, mix=mix, seed=seed)
+            shapes = sampler.shapes
+        else:
+            shapes = recipe_shapes(mix.synth_shapes, sets.train_recs)
+        if shapes is not None:
             click.echo(shapes.describe())
         with click.progressbar(
             length=steps * members, label="training", file=sys.stderr, item_show_func=lambda x: x
@@ -339,7 +345,7 @@ def train_cmd(
                 )
             else:
                 model = train(
-                    WindowSampler(sets.train_recs, sets.clips, mix=mix, seed=seed),
+                    sampler,
                     cfg,
                     frontend,
                     time_pool,

@@ -57,7 +57,7 @@ class UpcallNet(nn.Module):
             blocks.append(conv_block(c_in, c_out, pool))
             c_in = c_out
         self.features = nn.Sequential(*blocks)
-        n_freq = n_mels // 2 ** (len(channels) - 1)
+        n_freq, _ = pooled_size(len(channels), time_pool, n_mels, 0)
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),

@@ -9,7 +9,7 @@ Synthetic calls are then a bootstrap of the measured calls, each parameter jitte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.signal import stft
@@ -197,16 +197,7 @@ def measure_shapes(recordings: list[Recording]) -> ShapeStats:
             if shape is None:
                 stats.skipped += 1
                 continue
-            stats.calls.append(
-                CallShape(
-                    shape.duration_s,
-                    shape.start_hz,
-                    shape.end_hz,
-                    shape.curve,
-                    shape.harmonic,
-                    None if snr is None else float(snr),
-                )
-            )
+            stats.calls.append(replace(shape, snr_db=None if snr is None else float(snr)))
     return stats
 
 
