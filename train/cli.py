@@ -14,7 +14,7 @@ from detector import __version__
 from detector.cli import FiniteFloatRange
 from detector.errors import WhaleError
 from detector.model import sha256_file
-from train.frontend import FrontEndConfig
+from train.frontend import STREAM_FRAME_HOP, FrontEndConfig
 from train.net import CHANNELS, MAX_BLOCKS, MAX_WIDTH, TIME_POOL
 
 if TYPE_CHECKING:
@@ -86,11 +86,13 @@ TIME_POOL_OPTION = click.option(
 )
 NORMALISATION_OPTION = click.option(
     "--normalisation",
-    type=click.Choice(["contrast", "pcen"]),
+    type=click.Choice(["contrast", "pcen", "pcen-stream"]),
     default="contrast",
     show_default=True,
     help="Recipe: per-window normalisation of the log-mel image (band and frame means removed, "
-    "or per-channel energy normalisation).",
+    "or per-channel energy normalisation); pcen-stream: PCEN over the last 0.5 s only and a "
+    "CNN valid in time, 25-ms frames (a model whose windows share one map: replay scores "
+    "every frame once).",
 )
 
 
@@ -250,9 +252,9 @@ def main() -> None:
 @click.option(
     "--frame-hop",
     type=click.IntRange(1),
-    default=FrontEndConfig.hop_length,
-    show_default=True,
-    help="STFT frame hop in samples at 2 kHz (40 = 20 ms).",
+    default=None,
+    help=f"STFT frame hop in samples at 2 kHz [default: {FrontEndConfig.hop_length} = 20 ms; "
+    f"{STREAM_FRAME_HOP} = 25 ms with --normalisation pcen-stream].",
 )
 @click.option(
     "--n-mels",
@@ -307,9 +309,7 @@ def train_cmd(
         torch.set_num_threads(max(1, torch.get_num_threads()))
         # everything that can fail without training fails now, not after the training run
         writable_folder(out, "--out")
-        frontend = FrontEndConfig(
-            n_fft=n_fft, hop_length=frame_hop, n_mels=n_mels, normalisation=normalisation
-        )
+        frontend = recipe_frontend(normalisation, frame_hop, n_fft=n_fft, n_mels=n_mels)
         channels = tuple(recipe_net(widths, time_pool, frontend)["channels"])
         old_card = read_card(metrics_from) if metrics_from else None
         points = read_operating_points(operating_points) if operating_points else None
@@ -399,6 +399,17 @@ def recipe_mix(
     return Mix(remix_scale=(lo, hi), snr_db=(quiet, loud), synth_shapes=synth_shapes)
 
 
+def recipe_frontend(
+    normalisation: str, frame_hop: int | None = None, **fields: int
+) -> FrontEndConfig:
+    """The front end for the recipe options: a pcen-stream model's frames default to 25 ms,
+    the others' to 20 ms (a window hop must be whole cells of the streaming net's map)."""
+    if frame_hop is None:
+        stream = normalisation == "pcen-stream"
+        frame_hop = STREAM_FRAME_HOP if stream else FrontEndConfig.hop_length
+    return FrontEndConfig(hop_length=frame_hop, normalisation=normalisation, **fields)
+
+
 def recipe_net(widths: str, time_pool: int, frontend: FrontEndConfig) -> dict:
     """The CNN's shape for the recipe options, checked against the front end's image (every
     pooled block must keep at least one band and one frame): {"channels": [...], "time_pool"}."""
@@ -416,7 +427,8 @@ def recipe_net(widths: str, time_pool: int, frontend: FrontEndConfig) -> dict:
         raise WhaleError(f"--conv-widths {shown}: need 2 to {MAX_BLOCKS} conv blocks, got {blocks}")
     if not all(1 <= w <= MAX_WIDTH for w in channels):
         raise WhaleError(f"--conv-widths {shown}: each width must be 1 to {MAX_WIDTH}")
-    bands, frames = pooled_size(blocks, time_pool, frontend.n_mels, frontend.n_frames)
+    stream = frontend.stream
+    bands, frames = pooled_size(blocks, time_pool, frontend.n_mels, frontend.image_frames, stream)
     if bands < 1:
         raise WhaleError(
             f"--conv-widths {shown}: {blocks} blocks halve the {frontend.n_mels} mel bands "
@@ -426,9 +438,19 @@ def recipe_net(widths: str, time_pool: int, frontend: FrontEndConfig) -> dict:
     if frames < 1:
         raise WhaleError(
             f"--time-pool {time_pool}: with {blocks} conv blocks it pools the "
-            f"{frontend.n_frames} frames of a window to none; give a smaller --time-pool or "
+            f"{frontend.image_frames} frames of a window to none; give a smaller --time-pool or "
             f"fewer blocks"
         )
+    if stream:
+        from train.export import STREAM_HOP
+        from train.net import time_pools
+
+        cell = frontend.hop_length * int(np.prod(time_pools(blocks, time_pool, True)))
+        if STREAM_HOP % cell:
+            raise WhaleError(
+                f"--normalisation pcen-stream: the {STREAM_HOP}-sample window hop is not whole "
+                f"cells of {cell} samples (--frame-hop {frontend.hop_length} x time pooling)"
+            )
     return {"channels": channels, "time_pool": time_pool}
 
 
@@ -741,7 +763,8 @@ def crossval_cmd(
         from train.crossval import load_review, run_crossval
 
         mix = recipe_mix(remix_scale, snr_db, synth_shapes)
-        net = recipe_net(widths, time_pool, FrontEndConfig(normalisation=normalisation))
+        frontend = recipe_frontend(normalisation)
+        net = recipe_net(widths, time_pool, frontend)
         writable_folder(out, "--out")
         spans = load_review(review) if review else {}
         sets = Datasets(list(data_paths), None, channel)
@@ -759,7 +782,7 @@ def crossval_cmd(
                 "snr_db": mix.snr_db,
                 "synth_shapes": mix.synth_shapes,
             },
-            "frontend": {"normalisation": normalisation},
+            "frontend": {"normalisation": normalisation, "hop_length": frontend.hop_length},
             "net": net,
         }
         run_crossval(

@@ -9,18 +9,20 @@ from pathlib import Path
 import torch
 
 from detector import __version__
-from detector.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from detector.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE, WINDOW_SAMPLES
 from detector.model import card_path, sha256_file
 from train.net import (
     FramesModel,
     HeadModel,
     ProbabilityModel,
+    StreamModel,
     UpcallDetector,
     count_parameters,
     flops_per_window,
 )
 
 OPSET = 17
+STREAM_HOP = int(DEFAULT_HOP_SECONDS * SAMPLE_RATE)  # the window hop a stream half scores at
 
 
 def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, names: tuple, axes: dict):
@@ -51,6 +53,11 @@ def streaming_paths(path: Path) -> tuple[Path, Path]:
     return path.with_suffix(".frames.onnx"), path.with_suffix(".head.onnx")
 
 
+def stream_path(path: Path) -> Path:
+    """upcall.onnx -> upcall.stream.onnx (pcen-stream models only)."""
+    return path.with_suffix(".stream.onnx")
+
+
 def export_onnx(detector: UpcallDetector, path: Path) -> None:
     """Write the contract, `samples` float32 [batch, 4000] -> `probability` float32 [batch],
     and the same model cut in two for streaming (each STFT frame computed once, not once per
@@ -79,6 +86,25 @@ def export_onnx(detector: UpcallDetector, path: Path) -> None:
         ("logmel", "probability"),
         {"logmel": {0: "batch"}, "probability": {0: "batch"}},
     )
+    if cfg.stream:
+        _export(
+            StreamModel(detector, STREAM_HOP),
+            torch.zeros(1, WINDOW_SAMPLES + 2 * STREAM_HOP),
+            stream_path(path),
+            ("samples", "logit"),
+            {"samples": {1: "n"}, "logit": {1: "windows"}},
+        )
+
+
+def _stream_fields(model_path: Path, detector: UpcallDetector) -> dict:
+    """The card's entries for the stream half, when the model has one."""
+    if not detector.frontend.cfg.stream:
+        return {}
+    return {
+        "stream": stream_path(model_path).name,
+        "stream_sha256": sha256_file(stream_path(model_path)),
+        "stream_window_hop": STREAM_HOP,
+    }
 
 
 def code_version() -> str:
@@ -118,6 +144,7 @@ def write_card(model_path: Path, detector: UpcallDetector, **fields: object) -> 
             "frame_hop": detector.frontend.cfg.hop_length,
             "n_fft": detector.frontend.cfg.n_fft,
             "frames_per_window": detector.frontend.cfg.n_frames,
+            **_stream_fields(model_path, detector),
         },
         "architecture": {
             "channels": [b[0].out_channels for b in nets[0].features],

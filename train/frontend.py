@@ -27,12 +27,28 @@ class FrontEndConfig:
     f_max: float = 400.0  # up-calls sweep 50-100 Hz -> 150-250 Hz; harmonics reach a bit higher
     log_floor: float = 1e-10
     # "contrast": log mel, each band's then each frame's mean over the window removed;
-    # "pcen": per-channel energy normalisation (Lostanlen et al. 2019) over the window's frames
+    # "pcen": per-channel energy normalisation (Lostanlen et al. 2019) over the window's frames;
+    # "pcen-stream": PCEN over the last PCEN_MEMORY_S of frames only, and a CNN valid in time, so
+    # that a window's score is a function of one map shared by the whole stream
     normalisation: str = "contrast"
 
     @property
     def n_frames(self) -> int:
         return 1 + (self.window_samples - self.n_fft) // self.hop_length
+
+    @property
+    def stream(self) -> bool:
+        return self.normalisation == "pcen-stream"
+
+    @property
+    def pcen_taps(self) -> int:
+        """Frames of the finite smoother ("pcen-stream"): the newest and those before it."""
+        return max(1, round(PCEN_MEMORY_S * self.sample_rate / self.hop_length))
+
+    @property
+    def image_frames(self) -> int:
+        """Frames of the normalised image: all of them, or those with a full smoother memory."""
+        return self.n_frames - self.pcen_taps + 1 if self.stream else self.n_frames
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +86,11 @@ class FrontEnd(nn.Module):
         self.register_buffer("mel", torch.tensor(mel[:, lo:hi], dtype=torch.float32))
         if cfg.normalisation == "pcen":
             self.register_buffer("pcen_kernel", pcen_kernel(cfg.n_mels, cfg.n_frames))
+        elif cfg.stream:
+            if cfg.image_frames < 1:
+                raise ValueError(f"a window has fewer frames than the smoother's memory: {cfg}")
+            smooth = 1 - (1 - PCEN_SMOOTH) ** (cfg.hop_length / PCEN_SMOOTH_HOP)
+            self.register_buffer("pcen_kernel", fir_kernel(cfg.n_mels, cfg.pcen_taps, smooth))
         elif cfg.normalisation != "contrast":
             raise ValueError(f"unknown normalisation {cfg.normalisation!r}")
 
@@ -88,6 +109,8 @@ class FrontEnd(nn.Module):
         """Per-window normalisation chosen by the config: [B, n_mels, frames] -> [B, 1, ...]."""
         if self.cfg.normalisation == "pcen":
             return pcen(logmel, self.pcen_kernel, self.cfg.log_floor)
+        if self.cfg.stream:
+            return pcen_valid(logmel, self.pcen_kernel, self.cfg.log_floor)
         return self.contrast(logmel)
 
     @staticmethod
@@ -105,6 +128,9 @@ class FrontEnd(nn.Module):
 
 PCEN_SMOOTH, PCEN_ALPHA, PCEN_DELTA, PCEN_R = 0.04, 0.98, 2.0, 0.5  # 0.5-s smoother at 20 ms
 PCEN_SCALE = 2.0**31  # mel power of [-1, 1] samples, brought to librosa's int-scaled range
+PCEN_SMOOTH_HOP = 40  # samples: the frame hop PCEN_SMOOTH is given for
+PCEN_MEMORY_S = 0.5  # "pcen-stream": the smoother's memory, one time constant
+STREAM_FRAME_HOP = 50  # "pcen-stream" frames: 25 ms, so a 0.5-s hop is 20 frames, 5 cells of 4
 
 
 def pcen_kernel(n_mels: int, n_frames: int) -> torch.Tensor:
@@ -117,6 +143,31 @@ def pcen_kernel(n_mels: int, n_frames: int) -> torch.Tensor:
     return torch.tensor(np.tile(weights, (n_mels, 1, 1)), dtype=torch.float32)
 
 
+def fir_kernel(n_mels: int, taps: int, smooth: float) -> torch.Tensor:
+    """The smoother cut to its last `taps` frames (frame t-k weighs s(1-s)^k), rescaled to sum
+    1 so that a steady level still maps to itself. [n_mels, 1, taps], oldest tap first."""
+    weights = smooth * (1 - smooth) ** np.arange(taps - 1, -1, -1)
+    weights /= weights.sum()
+    return torch.tensor(np.tile(weights, (n_mels, 1, 1)), dtype=torch.float32)
+
+
+def pcen_valid(logmel: torch.Tensor, kernel: torch.Tensor, floor: float) -> torch.Tensor:
+    """PCEN over a finite memory, for the frames that have all of it: frame t is divided by the
+    smoothed level of frames t-taps+1..t only. Each output frame then depends on the same
+    frames wherever a window starts, so a stream's normalised map is shared exactly by every
+    window over it (unlike `pcen`, whose smoother restarts at each window's first frame).
+    [B, n_mels, frames] -> [B, 1, n_mels, frames - taps + 1]."""
+    power = (torch.exp(logmel) - floor).clamp_min(0) * PCEN_SCALE
+    smooth = nn.functional.conv1d(power, kernel, groups=kernel.shape[0])
+    return _compress(power[:, :, kernel.shape[-1] - 1 :], smooth)
+
+
+def _compress(power: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+    gain = (1e-6 + smooth) ** PCEN_ALPHA
+    out = (power / gain + PCEN_DELTA) ** PCEN_R - PCEN_DELTA**PCEN_R
+    return out.unsqueeze(1)
+
+
 def pcen(logmel: torch.Tensor, kernel: torch.Tensor, floor: float) -> torch.Tensor:
     """Per-channel energy normalisation inside one window: each band divided by its own smoothed
     level (a first-order low-pass over time, run as a causal convolution whose first frame
@@ -127,6 +178,4 @@ def pcen(logmel: torch.Tensor, kernel: torch.Tensor, floor: float) -> torch.Tens
     first = power[:, :, :1].expand(-1, -1, kernel.shape[-1] - 1)
     padded = torch.cat([first, power], dim=2)
     smooth = nn.functional.conv1d(padded, kernel, groups=kernel.shape[0])
-    gain = (1e-6 + smooth) ** PCEN_ALPHA
-    out = (power / gain + PCEN_DELTA) ** PCEN_R - PCEN_DELTA**PCEN_R
-    return out.unsqueeze(1)
+    return _compress(power, smooth)

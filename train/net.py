@@ -8,6 +8,7 @@ the Gulf's low tonals and moans do not.
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,17 +20,32 @@ MAX_BLOCKS = 6  # conv blocks a recipe may ask for (6 halve the default 32 mel b
 MAX_WIDTH = 128  # channels per block a recipe may ask for
 
 
-def pooled_size(n_blocks: int, time_pool: int, n_mels: int, n_frames: int) -> tuple[int, int]:
+def time_pools(n_blocks: int, time_pool: int, stream: bool = False) -> list[int]:
+    """Time step of each block's pooling (the last block does not pool): the first
+    `time_pool`, the others 2; a streaming net pools in time in its first two blocks only, so
+    that its cells stay fine enough for a window hop to be a whole number of them."""
+    pools = ([time_pool] + [2] * (n_blocks - 2))[: max(0, n_blocks - 1)]
+    return [p if i < 2 or not stream else 1 for i, p in enumerate(pools)]
+
+
+def pooled_size(
+    n_blocks: int, time_pool: int, n_mels: int, n_frames: int, stream: bool = False
+) -> tuple[int, int]:
     """(bands, frames) of the last block's map: every block but the last pools 2 in frequency,
-    the first `time_pool` in time and the others 2. A size of 0 is a net that cannot be built."""
-    if n_blocks < 2:
-        return n_mels, n_frames
-    return n_mels // 2 ** (n_blocks - 1), n_frames // (time_pool * 2 ** (n_blocks - 2))
+    and in time as `time_pools` says; a streaming net's convolutions are valid in time (each
+    loses a frame at both ends). A size of 0 or less is a net that cannot be built."""
+    frames = n_frames
+    for pool in [*time_pools(n_blocks, time_pool, stream), None]:
+        frames -= 2 if stream else 0
+        frames = frames // pool if pool else frames
+    return n_mels // 2 ** (n_blocks - 1), frames
 
 
-def conv_block(c_in: int, c_out: int, pool: tuple[int, int] | None) -> nn.Sequential:
+def conv_block(
+    c_in: int, c_out: int, pool: tuple[int, int] | None, stream: bool = False
+) -> nn.Sequential:
     layers: list[nn.Module] = [
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.Conv2d(c_in, c_out, 3, padding=(1, 0) if stream else 1, bias=False),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     ]
@@ -47,14 +63,18 @@ class UpcallNet(nn.Module):
         channels: tuple[int, ...] = CHANNELS,
         time_pool: int = TIME_POOL,
         dropout: float = 0.3,
+        stream: bool = False,
     ):
+        """stream: convolutions valid in time (no padding at a window's edges), so that each
+        cell of the last map depends on the same frames in every window that holds it."""
         super().__init__()
         self.time_pool = time_pool
+        self.stream = stream
         blocks, c_in = [], 1
+        pools = time_pools(len(channels), time_pool, stream)
         for i, c_out in enumerate(channels):
-            last = i == len(channels) - 1
-            pool = None if last else (2, time_pool) if i == 0 else (2, 2)
-            blocks.append(conv_block(c_in, c_out, pool))
+            pool = (2, pools[i]) if i < len(pools) else None
+            blocks.append(conv_block(c_in, c_out, pool, stream))
             c_in = c_out
         self.features = nn.Sequential(*blocks)
         n_freq, _ = pooled_size(len(channels), time_pool, n_mels, 0)
@@ -96,7 +116,8 @@ class UpcallDetector(nn.Module):
     ):
         super().__init__()
         self.frontend = FrontEnd(cfg)
-        self.net = UpcallNet(self.frontend.cfg.n_mels, channels, time_pool)
+        cfg = self.frontend.cfg
+        self.net = UpcallNet(cfg.n_mels, channels, time_pool, stream=cfg.stream)
 
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         return self.net(self.frontend(samples))
@@ -150,6 +171,39 @@ class HeadModel(nn.Module):
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.detector.net(self.detector.frontend.normalise(logmel)))
+
+
+class StreamModel(nn.Module):
+    """Streaming part 3 (a "pcen-stream" model): samples [1, n] -> the logits [1, windows] of
+    every window of the stream at a hop of `window_hop` samples. Its map is the per-window
+    model's, computed once: window k's logit is the max over its cells, k * cells_per_hop on,
+    then the same dense layers."""
+
+    def __init__(self, detector: UpcallDetector, window_hop: int):
+        super().__init__()
+        self.detector = detector
+        self.cells_per_window, self.cells_per_hop = stream_cells(detector, window_hop)
+        self.dense = detector.net.head[2:]  # after Flatten and Dropout
+
+    def forward(self, samples: torch.Tensor) -> torch.Tensor:
+        fmap = self.detector.net.features(self.detector.frontend(samples))  # [1, C, F, cells]
+        cells = fmap.flatten(1, 2)
+        pooled = nn.functional.max_pool1d(cells, self.cells_per_window, self.cells_per_hop)
+        return self.dense(pooled.transpose(1, 2)).squeeze(2)
+
+
+def stream_cells(detector: UpcallDetector, window_hop: int) -> tuple[int, int]:
+    """(cells a window's max runs over, cells between windows) of a "pcen-stream" model; a
+    ValueError when the window hop is not a whole number of cells."""
+    cfg, net = detector.frontend.cfg, detector.net
+    if not net.stream:
+        raise ValueError("only a pcen-stream model has a stream map")
+    n_blocks = len(net.features)
+    step = cfg.hop_length * int(np.prod(time_pools(n_blocks, net.time_pool, True)))
+    if window_hop % step:
+        raise ValueError(f"a window hop of {window_hop} samples is not whole cells of {step}")
+    _, cells = pooled_size(n_blocks, net.time_pool, cfg.n_mels, cfg.image_frames, True)
+    return cells, window_hop // step
 
 
 def count_parameters(model: nn.Module) -> int:
