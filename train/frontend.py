@@ -46,6 +46,12 @@ class FrontEndConfig:
         return max(1, round(PCEN_MEMORY_S * self.sample_rate / self.hop_length))
 
     @property
+    def unseen_samples(self) -> int:
+        """Samples at a window's start that no output depends on alone: the smoother's memory
+        before a pcen-stream model's first frame; a call placed there cannot be seen."""
+        return (self.pcen_taps - 1) * self.hop_length if self.stream else 0
+
+    @property
     def image_frames(self) -> int:
         """Frames of the normalised image: all of them, or those with a full smoother memory."""
         return self.n_frames - self.pcen_taps + 1 if self.stream else self.n_frames

@@ -136,6 +136,7 @@ def train(
         model = UpcallDetector(frontend, channels, time_pool).to(device)
     if freeze is not None:
         freeze(model)
+    sampler.unseen = model.frontend.cfg.unseen_samples  # calls go where this model can see them
     params = [p for p in model.net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
