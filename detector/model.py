@@ -79,6 +79,7 @@ class Model:
     input_name: str = "samples"
     frames_session: object = field(default=None, repr=False)  # streaming halves, when shipped
     head_session: object = field(default=None, repr=False)
+    stream_session: object = field(default=None, repr=False)  # a pcen-stream model's map
 
     @property
     def name(self) -> str:
@@ -109,6 +110,14 @@ class Model:
             return np.zeros(0, dtype=np.float32)
         batch = np.ascontiguousarray(windows, dtype=np.float32)
         return self._checked(self.head_session.run(None, {"logmel": batch})[0], len(batch))
+
+    def stream_logits(self, samples: np.ndarray) -> np.ndarray:
+        """1-D float32 samples (whole windows at the stream hop) -> every window's logit."""
+        x = np.ascontiguousarray(samples, dtype=np.float32)[None, :]
+        logits = self.stream_session.run(None, {"samples": x})[0].reshape(-1)
+        if np.isnan(logits).any():
+            raise WhaleError(f"model {self.path} returned NaN from its stream half")
+        return logits
 
     def score(self, windows: np.ndarray) -> np.ndarray:
         """[batch, 4000] float32 -> probabilities [batch]."""
@@ -151,6 +160,7 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
     providers = choose_providers(provider, ort.get_available_providers())
     session = _session(path, options, providers)
     frames_session, head_session = _halves(path, card, options, providers)
+    stream_session = _stream_half(path, card, options, providers) if frames_session else None
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].shape[-1] != WINDOW_SAMPLES or len(inputs[0].shape) != 2:
         raise ConfigError(f"model {path} does not take [batch, {WINDOW_SAMPLES}] samples")
@@ -164,6 +174,7 @@ def load_model(path: Path | str | None = None, provider: str = "auto", threads: 
         input_name=inputs[0].name,
         frames_session=frames_session,
         head_session=head_session,
+        stream_session=stream_session,
     )
     _try(model)
     return model
@@ -193,6 +204,22 @@ def _halves(path: Path, card: dict, options: object, providers: list[str]) -> tu
     return tuple(halves)
 
 
+def _stream_half(path: Path, card: dict, options: object, providers: list[str]) -> object:
+    """The stream half the card names (pcen-stream models), checked against its sha256."""
+    name = card["streaming"].get("stream")
+    if name is None:
+        return None
+    half_path = path.parent / str(name)
+    if half_path.is_file():
+        digest = sha256_file(half_path)
+        _check_sha(half_path, digest, card["streaming"].get("stream_sha256"), card_path(path))
+    session = _session(half_path, options, providers)
+    names = [i.name for i in session.get_inputs()]
+    if names != ["samples"]:
+        raise ConfigError(f"model file {half_path} takes {names}, not ['samples']")
+    return session
+
+
 def _check_dynamic_batch(path: Path, shape: list) -> None:
     """A graph exported with a fixed batch passes a start-up test at that batch and then fails
     on the first longer or shorter call (batches vary: the last one of a replay is short)."""
@@ -217,6 +244,14 @@ def _try(model: Model) -> None:
                     f"window, not [n_mels, {spec['frames_per_window']}] as the card says"
                 )
             model.score_log_mel(np.stack([frames, frames]))
+        if model.stream_session is not None:
+            hop = int(model.streaming["stream_window_hop"])
+            logits = model.stream_logits(np.zeros(WINDOW_SAMPLES + hop, dtype=np.float32))
+            if logits.shape != (2,):
+                raise ConfigError(
+                    f"model {model.path}: its stream half gives {list(logits.shape)} logits "
+                    f"for 2 windows"
+                )
     except WhaleError as e:
         raise ConfigError(str(e)) from None
     except Exception as e:  # onnxruntime raises several private exception types

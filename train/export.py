@@ -18,7 +18,9 @@ from train.net import (
     StreamModel,
     UpcallDetector,
     count_parameters,
+    flops_per_stream_second,
     flops_per_window,
+    frame_flops,
 )
 
 OPSET = 17
@@ -152,6 +154,12 @@ def write_card(model_path: Path, detector: UpcallDetector, **fields: object) -> 
             "members": len(nets),
             "parameters": count_parameters(detector),
             "flops_per_window": flops_per_window(detector),
+            "frame_flops": frame_flops(detector),
+            **(
+                {"stream_flops_per_second": round(flops_per_stream_second(detector, STREAM_HOP))}
+                if detector.frontend.cfg.stream
+                else {}
+            ),
         },
         **fields,
     }

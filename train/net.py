@@ -212,6 +212,26 @@ def count_parameters(model: nn.Module) -> int:
 
 def flops_per_window(model: UpcallDetector) -> int:
     """2 x multiply-adds of the DFT, mel product, convolutions and linear layers per window."""
+    return _counted_flops(model, model, model.frontend.cfg.window_samples)
+
+
+def flops_per_stream_second(model: UpcallDetector, window_hop: int, seconds: int = 100) -> float:
+    """The same count for the stream half (a pcen-stream model), per second of audio: every
+    frame and conv cell once, the dense layers once per window."""
+    samples = model.frontend.cfg.window_samples + seconds * model.frontend.cfg.sample_rate
+    stream = StreamModel(model, window_hop)
+    return _counted_flops(model, stream, samples) / seconds
+
+
+def frame_flops(model: UpcallDetector) -> int:
+    """2 x multiply-adds of one STFT frame: the DFT's kernels and the mel product."""
+    fe = model.frontend
+    return 2 * fe.dft.shape[0] * fe.cfg.n_fft + 2 * fe.cfg.n_mels * fe.n_bins
+
+
+def _counted_flops(model: UpcallDetector, module: nn.Module, samples: int) -> int:
+    """FLOPs of `module` (model or one of its exports) on `samples` samples, by hooks on its
+    convolutions and linear layers, plus the front end's DFT and mel product."""
     flops = 0
 
     def conv_hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
@@ -228,15 +248,12 @@ def flops_per_window(model: UpcallDetector) -> int:
         for m in model.modules()
         if isinstance(m, nn.Conv2d | nn.Linear)
     ]
-    fe = model.frontend
-    cfg = fe.cfg
-    frames = cfg.n_frames
-    flops += 2 * fe.dft.shape[0] * cfg.n_fft * frames  # DFT convolution
-    flops += 2 * cfg.n_mels * fe.n_bins * frames  # mel product
+    cfg = model.frontend.cfg
+    flops += frame_flops(model) * (1 + (samples - cfg.n_fft) // cfg.hop_length)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        model(torch.zeros(1, cfg.window_samples))
+        module(torch.zeros(1, samples))
     model.train(was_training)
     for h in hooks:
         h.remove()
