@@ -75,10 +75,11 @@ def cheap_wins(ctx: Context) -> list[str]:
         )
     if r.get("x_stream_alone"):
         wins.append(
-            f"Taken: replay uses the stream scorer (detector/streaming.py: every window's logit "
-            f"from one conv map over the stream, the model's stream half; the whole model only "
-            f"where rounding could change an event), {r['x_stream_alone']:,.0f}x alone "
-            f"(scorers section)."
+            f"Taken: replay uses the stream scorer (detector/streaming.py: one screen over the "
+            f"stream, the whole model only on windows near the threshold), "
+            f"{r['x_stream_alone']:,.0f}x alone (scorers section). What is left there is the "
+            f"screen's numpy front end and conv map, and the rescored windows: the shipped "
+            f"PCEN head costs most of a per-window model call, so each rescored window counts."
         )
     wins.append(
         "Taken: the daemon computes each STFT frame once per stream (the model ships its "

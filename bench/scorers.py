@@ -3,9 +3,9 @@ share of the core's own measured GFLOP/s that each reaches.
 
 - per-window model: `WindowScorer`, the whole model (`upcall.onnx`) on every 2-s window;
 - frames + head: `FrameScorer`, STFT frames once per stream, the head per window (live mode);
-- stream scorer: `StreamScorer`, every window's logit from one conv map over the stream (the
-  model's stream half) plus the whole model on the few windows where rounding could change an
-  event (replay), model alone here and whole CLI from the throughput section (`done:` line);
+- stream scorer: `StreamScorer`, a screen over the whole stream plus the whole model on the
+  windows near the threshold (replay), model alone here and whole CLI from the throughput
+  section (same `done:` line);
 - the notebook pipeline, from its own section.
 
 FLOPs are 2 x multiply-adds of the DFT, mel product, convolutions and dense layers, as the card
@@ -22,7 +22,7 @@ from bench.common import Context, Figure, Section, md_table
 from detector.constants import SAMPLE_RATE
 from detector.model import card_path, load_model
 from detector.scoring import FrameScorer, WindowScorer
-from detector.streaming import MARGIN_LOGIT, StreamScorer
+from detector.streaming import MARGIN_LOGIT, StreamScorer, load_screen
 
 HOP = SAMPLE_RATE // 2
 BLOCK = 64 * HOP  # what the replay loop reads at batch 64
@@ -58,18 +58,21 @@ def best_x(make, audio: np.ndarray, repeats: int) -> tuple[float, object]:
     return best, scorer
 
 
-def flops_per_second(card: dict, rescored: float) -> dict[str, float]:
-    """FLOPs per second of audio of each scorer, from the card's counts."""
-    fe, arch = card["frontend"], card["architecture"]
-    per_window = arch["flops_per_window"]
+def flops_per_second(card: dict, screen, rescored: float) -> dict[str, float]:
+    """FLOPs per second of audio of each scorer, from the card and the screen's layers."""
+    fe = card["frontend"]
+    per_window = card["architecture"]["flops_per_window"]
     frames_s = SAMPLE_RATE / fe["hop_length"]
     windows_s = SAMPLE_RATE / HOP
-    frame = arch["frame_flops"]  # DFT + mel product of one frame
+    n_bins = screen.dft.shape[1] // 2 if screen else 0
+    frame = 2 * 2 * n_bins * fe["n_fft"] + 2 * fe["n_mels"] * n_bins  # DFT + mel, one frame
     head = per_window - frame * card["streaming"]["frames_per_window"]
     out = {"per-window model": per_window * windows_s, "frames + head": frame * frames_s}
     out["frames + head"] += head * windows_s
-    if "stream_flops_per_second" in arch:
-        out["stream scorer"] = arch["stream_flops_per_second"] + rescored * per_window * windows_s
+    if screen is not None:
+        dense = 2 * (screen.hidden[0].size + screen.out[0].size)
+        out["stream scorer"] = (frame + screen.conv_flops_per_frame) * frames_s
+        out["stream scorer"] += (dense + rescored * per_window) * windows_s
     return out
 
 
@@ -79,17 +82,20 @@ def run(ctx: Context) -> Section:
     card = json.loads(card_path(ctx.model).read_text())
     audio, _ = sf.read(ctx.audio, dtype="float32", frames=SECONDS * SAMPLE_RATE)
     threshold = model.threshold or 0.5
+    screen = load_screen(model)
     repeats = ctx.repeats
     rows, speeds = [], {}
     speeds["per-window model"], _ = best_x(lambda: WindowScorer(model, HOP), audio, repeats)
     speeds["frames + head"], _ = best_x(lambda: FrameScorer(model, HOP), audio, repeats)
     rescored = 1.0
-    if StreamScorer.supports(model, HOP):
-        x, scorer = best_x(lambda: StreamScorer(model, HOP, threshold), audio, repeats)
+    if screen is not None:
+        x, scorer = best_x(
+            lambda: StreamScorer(model, HOP, threshold, screen=screen), audio, repeats
+        )
         speeds["stream scorer"] = x
         rescored = scorer.rescored / max(1, scorer.windows)
     gflops = core_gflops(repeats)
-    flops = flops_per_second(card, rescored)
+    flops = flops_per_second(card, screen, rescored)
     notebook = ctx.results.get("notebook")
     if notebook:
         speeds["notebook pipeline"] = notebook["audio_s"] / (

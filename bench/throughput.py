@@ -122,13 +122,13 @@ def profile_loop(ctx: Context) -> tuple[list[str], dict[str, float]]:
     stats = pstats.Stats(profile)
     total = max(stats.total_tt, 1e-9)
     buckets = {"onnxruntime (model)": 0.0, "windowing": 0.0, "ring read/wait": 0.0}
-    buckets["stream scorer (numpy)"] = 0.0
+    buckets["stream screen (numpy)"] = 0.0
     buckets.update({"events + publish": 0.0, "level (dbfs)": 0.0, "other": 0.0})
     for (filename, _, name), (_, _, own, _, _) in stats.stats.items():
         if "onnxruntime" in filename or "onnxruntime" in name:
             key = "onnxruntime (model)"
         elif filename.endswith("streaming.py"):
-            key = "stream scorer (numpy)"
+            key = "stream screen (numpy)"
         elif filename.endswith("windows.py") or "stride_tricks" in filename:
             key = "windowing"
         elif filename.endswith("ring.py") or "threading.py" in filename or "_thread.lock" in name:

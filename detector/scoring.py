@@ -2,11 +2,12 @@
 
 Two ways, same numbers: `WindowScorer` cuts 2-s windows and runs the whole model on each;
 `FrameScorer` computes each STFT frame of the stream once and runs only the CNN per window.
-A third, for offline work (replay, archive scans) with a pcen-stream model, gives the same
-events: `detector.streaming.StreamScorer` reads every window's logit off one conv map shared by
-the stream and scores with the whole model only the windows where rounding could change an
-event. Every scorer has `push(block)` and `flush()` (the end of the stream: windows still held
-back for lookahead).
+A third, for offline work (replay, archive scans), gives the same events rather than the same
+numbers: `detector.streaming.StreamScorer` screens windows from one shared conv map and scores
+only those near the threshold with the whole model; for a pcen-stream model, whose windows share
+one map exactly, `detector.stream_map.MapScorer` reads every window's logit off that map.
+Every scorer has `push(block)` and `flush()` (the end of the stream: windows still held back for
+lookahead).
 At a 0.5-s window hop every frame belongs to four windows, so sharing frames removes most of the
 front end's cost. It needs the model's streaming halves and a window hop that is a whole number of
 frame hops (`window_hop`: samples between windows; `frame_hop`: samples between STFT frames).
@@ -16,7 +17,8 @@ import numpy as np
 
 from detector.constants import WINDOW_SAMPLES
 from detector.model import Model
-from detector.streaming import StreamScorer, shares_frames
+from detector.stream_map import MapScorer
+from detector.streaming import StreamScorer, load_screen, shares_frames
 from detector.windows import Windower
 
 NOTHING = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
@@ -113,17 +115,22 @@ class FrameScorer:
         return NOTHING  # every complete window was scored as it arrived
 
 
-Scorer = WindowScorer | FrameScorer | StreamScorer
+Scorer = WindowScorer | FrameScorer | StreamScorer | MapScorer
 
 
 def make_scorer(
     model: Model, window_hop: int, batch: int = 64, threshold: float | None = None
 ) -> Scorer:
-    """Offline (a threshold given): the stream scorer when the model has a stream half for
-    this hop. Otherwise, and live (one window at a time, where the shared map saves nothing):
-    the shared-frame scorer when the model and the window hop allow it, else whole windows."""
+    """Offline (a threshold given): a pcen-stream model's map scorer (exact, shared map), else
+    the stream scorer when the model has a screen. Otherwise, and live, where their larger
+    calls (and the screen's lookahead) would add latency: the shared-frame scorer when the model
+    and the window hop allow it, else whole windows."""
+    if threshold is not None and MapScorer.supports(model, window_hop):
+        return MapScorer(model, window_hop, threshold, batch)
     if threshold is not None and StreamScorer.supports(model, window_hop):
-        return StreamScorer(model, window_hop, threshold, batch)
+        screen = load_screen(model)
+        if screen is not None:
+            return StreamScorer(model, window_hop, threshold, batch, screen)
     if FrameScorer.supports(model, window_hop):
         return FrameScorer(model, window_hop, batch)
     return WindowScorer(model, window_hop, batch)

@@ -31,12 +31,13 @@ def _recipe_key() -> str:
     return digest.hexdigest()[:16]
 
 
-def _train_tiny(out: Path) -> None:
+def _train_tiny(out: Path, frontend: dict | None = None) -> None:
     torch = pytest.importorskip("torch", reason="training the test model needs torch")
     pytest.importorskip("librosa", reason="training the test model needs librosa")
     from train import synth
     from train.data import Recording
     from train.export import export_onnx, write_card
+    from train.frontend import FrontEndConfig
     from train.sampler import WindowSampler
     from train.train import TrainConfig, train
 
@@ -53,7 +54,7 @@ def _train_tiny(out: Path) -> None:
         recordings.append(Recording(out / f"train{k}.wav", audio, calls))
     sampler = WindowSampler(recordings, seed=TINY_RECIPE["seed"])
     cfg = TrainConfig(steps=TINY_STEPS, batch_size=TINY_BATCH, warmup=10, mine_every=0)
-    detector = train(sampler, cfg, log=lambda _: None)
+    detector = train(sampler, cfg, FrontEndConfig(**(frontend or {})), log=lambda _: None)
     model_path = out / "tiny.onnx"
     export_onnx(detector, model_path)
     write_card(model_path, detector, name="tiny-test-model", threshold=TINY_THRESHOLD)
@@ -62,19 +63,37 @@ def _train_tiny(out: Path) -> None:
 @pytest.fixture(scope="session")
 def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small model trained here (card threshold 0.5): for plumbing tests, not for accuracy."""
+    return _cached_tiny(request, tmp_path_factory, "whale-listen-tiny-model")
+
+
+@pytest.fixture(scope="session")
+def tiny_stream_model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The same, of the pcen-stream recipe (its windows share one map; it has a stream half)."""
+    frontend = {"hop_length": 50, "normalisation": "pcen-stream"}
+    return _cached_tiny(request, tmp_path_factory, "whale-listen-tiny-stream-model", frontend)
+
+
+def _cached_tiny(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    frontend: dict | None = None,
+) -> Path:
     cache_plugin = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
     if cache_plugin is None:
-        root = tmp_path_factory.mktemp("tiny-model-cache")
+        root = tmp_path_factory.mktemp(f"{name}-cache")
     else:
-        root = Path(cache_plugin.mkdir("whale-listen-tiny-model"))
+        root = Path(cache_plugin.mkdir(name))
     cache = root / _recipe_key()
     for stale in root.iterdir():  # models of older training code or recipes
         if stale != cache:
             shutil.rmtree(stale, ignore_errors=True)
     model_path = cache / "tiny.onnx"
     if not (model_path.exists() and card_path(model_path).exists()):
-        build = tmp_path_factory.mktemp("tiny-model")
-        _train_tiny(build)
+        build = tmp_path_factory.mktemp(name)
+        _train_tiny(build, frontend)
         cache.mkdir(parents=True, exist_ok=True)
         for half in build.glob("tiny.*.onnx"):  # the streaming halves the card names
             shutil.copy(half, cache / half.name)

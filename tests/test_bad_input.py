@@ -186,6 +186,33 @@ def test_a_bad_model_card_is_one_line_and_ex_config(tmp_path, tiny_model, record
     assert not log.exists() or read_events(log) == []
 
 
+STREAM_CARDS = {
+    "stream hop 0": (
+        lambda c: c["streaming"].update(stream_window_hop=0),
+        "streaming.stream_window_hop 0",
+    ),
+    "stream is the head": (
+        lambda c: c["streaming"].update(stream=c["streaming"]["head"]),
+        "is also another half",
+    ),
+    "stream sha256": (
+        lambda c: c["streaming"].update(stream_sha256="0" * 64),
+        "does not match its card",
+    ),
+    "stream missing": (lambda c: c["streaming"].update(stream="gone.onnx"), "gone.onnx"),
+}
+
+
+@pytest.mark.parametrize("case", list(STREAM_CARDS))
+def test_a_bad_stream_half_is_one_line_and_ex_config(tmp_path, tiny_stream_model, recording, case):
+    """A pcen-stream model's third export: its card entries and file are checked at start."""
+    edit, message = STREAM_CARDS[case]
+    model = _model_copy(tmp_path, tiny_stream_model, edit)
+    result = invoke(*replay_args(recording, model, tmp_path / "e.jsonl"))
+    assert result.exit_code == EX_CONFIG, result.stderr
+    assert_one_error(result.stderr, message)
+
+
 def _fixed_batch_model(path: Path, batch: int) -> Path:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper

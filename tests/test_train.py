@@ -71,10 +71,11 @@ def test_model_is_small():
     assert 0 < flops_per_window(model) < 50_000_000
 
 
-@pytest.fixture(scope="module", params=["contrast", "pcen"])
+@pytest.fixture(scope="module", params=["contrast", "pcen", "pcen-stream"])
 def exported(tmp_path_factory, request):
     torch.manual_seed(0)
-    model = UpcallDetector(FrontEndConfig(normalisation=request.param)).eval()
+    hop = 50 if request.param == "pcen-stream" else 40  # a stream net's 0.5 s is whole cells
+    model = UpcallDetector(FrontEndConfig(hop_length=hop, normalisation=request.param)).eval()
     path = tmp_path_factory.mktemp("model") / "upcall.onnx"
     export_onnx(model, path)
     write_card(path, model, threshold=0.5, metrics={"note": "untrained"})
@@ -110,9 +111,9 @@ def test_onnx_matches_torch(exported):
 
 def test_onnx_front_end_matches_librosa(exported):
     """The front end as the daemon runs it (the exported frames graph), not only in torch."""
-    _, path = exported
+    model, path = exported
     onnx_model = load_model(path, provider="cpu")
-    cfg = FrontEndConfig()
+    cfg = model.frontend.cfg
     for x in synthetic_windows(2, seed=4):
         ours = np.exp(onnx_model.log_mel(x)) - cfg.log_floor
         ref = librosa.feature.melspectrogram(
@@ -218,13 +219,16 @@ def test_ensemble_members_are_seeded_runs_and_export_averages_their_logits(tmp_p
     assert card["architecture"]["parameters"] == 2 * count_parameters(members[0])
 
 
-def test_pcen_keeps_a_steady_level_steady_and_a_faint_call_as_visible_as_a_loud_one():
+@pytest.mark.parametrize("normalisation", ["pcen", "pcen-stream"])
+def test_pcen_keeps_a_steady_level_steady_and_a_faint_call_as_visible_as_a_loud_one(
+    normalisation,
+):
     """The smoother's weights sum to one (a steady band maps to one value), and dividing by the
     band's own level makes the image nearly independent of gain: what decides is the shape."""
-    fe = FrontEnd(FrontEndConfig(normalisation="pcen"))
+    fe = FrontEnd(FrontEndConfig(normalisation=normalisation))
     steady = torch.log(torch.full((1, fe.cfg.n_mels, fe.cfg.n_frames), 1e-6))
     image = fe.normalise(steady)
-    assert image.shape == (1, 1, fe.cfg.n_mels, fe.cfg.n_frames)
+    assert image.shape == (1, 1, fe.cfg.n_mels, fe.cfg.image_frames)
     torch.testing.assert_close(image, torch.full_like(image, float(image[0, 0, 0, 0])))
     rng = np.random.default_rng(3)
     call = synth.upcall(rng)
@@ -235,3 +239,18 @@ def test_pcen_keeps_a_steady_level_steady_and_a_faint_call_as_visible_as_a_loud_
     assert float((a - b).abs().max()) < 0.2 * float(a.abs().max())  # 40 dB apart: within 20 %
     with pytest.raises(ValueError, match="unknown normalisation"):
         FrontEnd(FrontEndConfig(normalisation="median"))
+
+
+def test_a_stream_models_windows_read_one_shared_map():
+    """pcen-stream: every output of the per-window network depends on frames inside the window
+    only, so the stream half's logit of each window is the per-window model's (in torch, to
+    rounding), wherever the window starts."""
+    from train.net import StreamModel
+
+    torch.manual_seed(0)
+    model = UpcallDetector(FrontEndConfig(hop_length=50, normalisation="pcen-stream")).eval()
+    x = torch.from_numpy(np.tile(synthetic_windows(1)[0], 4)[None] * 0.3)
+    windows = torch.stack([x[0, k * 1000 : k * 1000 + WINDOW_SAMPLES] for k in range(13)])
+    with torch.no_grad():
+        stream, single = StreamModel(model, 1000)(x)[0], model(windows)
+    torch.testing.assert_close(stream, single, atol=1e-5, rtol=0)

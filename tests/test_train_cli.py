@@ -186,6 +186,36 @@ def test_channels_reach_the_exported_network_and_the_daemon_screen(tmp_path):
     assert fmap.shape[1] == 48
 
 
+def test_channels_reach_the_exported_network_and_the_stream_half(tmp_path):
+    """A wider pcen-stream CNN than the default exports with its widths in the card, loads as
+    a model, and its stream half gives the per-window model's logits for every window."""
+    from detector.model import load_card, load_model
+    from detector.streaming import StreamScorer
+
+    args = ["train", "--data", str(synthetic_calls(tmp_path)), "--out", str(tmp_path / "m")]
+    args += ["--steps", "2", "--batch-size", "8", "--normalisation", "pcen-stream"]
+    result = CliRunner().invoke(main, [*args, "--conv-widths", "12,24,48,48"])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "m" / "upcall.onnx"
+    card = load_card(path)
+    assert card["architecture"]["channels"] == [12, 24, 48, 48]
+    assert card["frontend"]["hop_length"] == 50 and card["streaming"]["stream_window_hop"] == 1000
+    model = load_model(path, provider="cpu", threads=1)
+    audio = np.random.default_rng(0).standard_normal(4000 + 9 * 1000).astype(np.float32) / 10
+    windows = np.stack([audio[k * 1000 : k * 1000 + 4000] for k in range(10)])
+    p = model.score(windows).astype(np.float64)
+    np.testing.assert_allclose(model.stream_logits(audio), np.log(p / (1 - p)), atol=1e-4)
+    assert StreamScorer.supports(model, 1000)
+
+
+def test_a_stream_model_needs_whole_cells_in_the_window_hop(tmp_path):
+    args = ["train", "--data", str(synthetic_calls(tmp_path)), "--out", str(tmp_path / "m")]
+    args += ["--steps", "2", "--normalisation", "pcen-stream", "--frame-hop", "30"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert "1000-sample window hop is not whole cells of 120 samples" in result.output
+
+
 @pytest.mark.parametrize(
     "extra, words",
     [
