@@ -43,6 +43,7 @@ def write_days(root: Path) -> Path:
     for name in ("x.wav", "y.wav"):
         sf.write(root / "bg" / name, 0.05 * synth.noise(rng, 40 * SR), SR, subtype="PCM_16")
     (root / "review.csv").write_text(f"filename,start,end,judgement\n{DAYS[0]},1,3,probable\n")
+    (root / "review2.csv").write_text(f"filename,start,end\n{DAYS[1]},5,7\n")  # lists add
     return root
 
 
@@ -50,7 +51,8 @@ def write_days(root: Path) -> Path:
 def crossval_run(tmp_path_factory) -> Path:
     root = write_days(tmp_path_factory.mktemp("days"))
     args = ["crossval", "--data", str(root / "calls.csv"), "--data", str(root / "bg")]
-    args += ["--review", str(root / "review.csv"), "--out", str(root / "cv"), *TINY]
+    args += ["--review", str(root / "review.csv"), "--review", str(root / "review2.csv")]
+    args += ["--out", str(root / "cv"), *TINY]
     args += ["--conv-widths", "6,12,12", "--time-pool", "4"]  # a smaller net than the default
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

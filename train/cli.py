@@ -698,9 +698,9 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
 @click.option(
     "--review",
     type=click.Path(path_type=Path),
-    default=None,
+    multiple=True,
     help="CSV filename,start,end[,judgement] of probable calls the annotators missed: the "
-    "lenient precision leaves out events overlapping only these.",
+    "lenient precision leaves out events overlapping only these (repeatable: the lists add).",
 )
 @click.option(
     "--seeds",
@@ -766,7 +766,10 @@ def crossval_cmd(
         frontend = recipe_frontend(normalisation)
         net = recipe_net(widths, time_pool, frontend)
         writable_folder(out, "--out")
-        spans = load_review(review) if review else {}
+        spans: dict = {}
+        for path in review:
+            for name, found in load_review(path).items():
+                spans.setdefault(name, []).extend(found)
         sets = Datasets(list(data_paths), None, channel)
         if not sets.eval_ann:
             raise WhaleError("crossval needs an annotation table among --data")
