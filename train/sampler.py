@@ -88,7 +88,7 @@ class WindowSampler:
         self.pos_clips = [c.audio for c in clips if c.label == 1 and len(c.audio) >= 1000]
         self.neg_clips = [c.audio for c in clips if c.label == 0 and len(c.audio) >= 1000]
         self.hard: list[tuple[int, int]] = []
-        self.unseen = 0  # samples at the window's start the model cannot see: no call there
+        self.unseen = 0  # samples at a window's start the model does not see: half a call at most
         self.rejected = [
             (i, st) for i, r in enumerate(self.recordings) for st in rejected_starts(r, 250)
         ]
@@ -138,12 +138,12 @@ class WindowSampler:
             return self._fit_clip(self.pos_clips[self.rng.integers(len(self.pos_clips))])
         i, s, e = self.calls[self.rng.integers(len(self.calls))]
         factor = self._stretch()
-        length, unseen = WINDOW_SAMPLES * factor, self.unseen * factor
-        call_len = (e - s) * SAMPLE_RATE
-        slack = max(length - unseen - call_len, 0.0)  # the whole call in what the model sees
-        start = s * SAMPLE_RATE - unseen - self.rng.uniform(0.1, 0.9) * slack
+        length, call_len = WINDOW_SAMPLES * factor, (e - s) * SAMPLE_RATE
+        first = max(0.0, self.unseen * factor - call_len / 2)  # half the call where it is seen
+        slack = max(length - first - call_len, 0.0)  # the whole call inside the window
+        start = s * SAMPLE_RATE - first - self.rng.uniform(0.1, 0.9) * slack
         if slack == 0:
-            start = (s + e) / 2 * SAMPLE_RATE - (length + unseen) / 2
+            start = (s + e) / 2 * SAMPLE_RATE - (length + first) / 2
         return self._excerpt(self.recordings[i].audio, int(start), factor)
 
     def synthetic_positive(self) -> np.ndarray:
@@ -157,9 +157,11 @@ class WindowSampler:
         return self._mix_into_noise(synth.lookalike(self.rng))
 
     def _mix_into_noise(self, signal: np.ndarray, unseen: int = 0) -> np.ndarray:
+        """unseen: samples at the window's start where no more than half the signal may lie."""
         noise = self.real_negative().astype(np.float64)
-        signal = signal[: WINDOW_SAMPLES - unseen]
-        offset = int(self.rng.integers(unseen, WINDOW_SAMPLES - len(signal) + 1))
+        signal = signal[:WINDOW_SAMPLES]
+        first = min(max(0, unseen - len(signal) // 2), WINDOW_SAMPLES - len(signal))
+        offset = int(self.rng.integers(first, WINDOW_SAMPLES - len(signal) + 1))
         return synth.mix_at_snr(signal, noise, float(self.rng.uniform(*self.mix.snr_db)), offset)
 
     def remixed_positive(self) -> np.ndarray:
