@@ -3,8 +3,6 @@ per-window model's logits up to rounding, on every recording of ../shared/data a
 synthetic streams, and its rescoring makes the windows over the threshold and the peaks exact.
 The model is the tiny pcen-stream one trained by the tests (no such model ships)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -14,11 +12,9 @@ from detector.model import load_model
 from detector.scoring import FrameScorer, WindowScorer, make_scorer
 from detector.stream_map import MARGIN_LOGIT, MapScorer
 from tests.conftest import SHARED_DATA
-from train import synth
+from tests.test_streaming import HOP, REPO_EXAMPLE, long_stream, recordings, run
 
-HOP = 1000  # the daemon's 0.5-s window hop
-REPO_EXAMPLE = Path(__file__).parents[1] / "examples" / "synthetic_upcalls_20261126_120000.flac"
-AUDIO = (".wav", ".aif", ".aiff")
+__all__ = ["long_stream"]  # the 10-minute synthetic stream fixture, shared with the screen's tests
 
 
 LEVELS = (0.2, 0.5, 0.8, 0.9, 0.97)  # thresholds the events are compared at
@@ -32,23 +28,6 @@ def model(tiny_stream_model):
 def thresholds(model) -> list[float]:
     """A grid of thresholds from 0.01 to 0.999."""
     return sorted(set(np.round(np.linspace(0.01, 0.99, 99), 2)) | {0.995, 0.999})
-
-
-def run(scorer, audio: np.ndarray, blocks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(starts, scores, screen logits) of a stream pushed in the given block sizes, flushed."""
-    starts, scores, logits, i, k = [], [], [], 0, 0
-    while i < len(audio):
-        n = blocks[k % len(blocks)]
-        s, p = scorer.push(audio[i : i + n])
-        starts.append(s)
-        scores.append(p)
-        logits.append(getattr(scorer, "last_logits", np.zeros(len(p)))[: len(p)])
-        i, k = i + n, k + 1
-    s, p = scorer.flush()
-    starts.append(s)
-    scores.append(p)
-    logits.append(getattr(scorer, "last_logits", np.zeros(len(p)))[: len(p)])
-    return np.concatenate(starts), np.concatenate(scores), np.concatenate(logits)
 
 
 def stream_logits(model, audio: np.ndarray, blocks=(64000,)) -> np.ndarray:
@@ -67,12 +46,6 @@ def disagreement(logits: np.ndarray, exact: np.ndarray) -> float:
 
 def events(starts: np.ndarray, scores: np.ndarray, threshold: float, hop: int = HOP) -> list:
     return merge_events(starts, scores, threshold, hop)
-
-
-def recordings() -> list[Path]:
-    if not SHARED_DATA.is_dir():
-        return []
-    return sorted(p for p in SHARED_DATA.rglob("*") if p.suffix.lower() in AUDIO)
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +122,6 @@ def test_rescoring_makes_events_exact_when_the_map_is_rounded(model, long_stream
     off = MapScorer(Rounded(model, 0.5, 1), HOP, 0.5, margin=0.0)  # no room: it shows
     starts, scores, _ = run(off, long_stream, (64000,))
     assert events(starts, scores, 0.5) != events(starts, exact, 0.5)
-
-
-@pytest.fixture(scope="module")
-def long_stream():
-    """10 minutes of synthetic ocean with 60 up-calls and 20 look-alikes from -5 to 15 dB SNR,
-    and an odd length (not whole windows, hops or STFT frames)."""
-    rng = np.random.default_rng(16)
-    audio, _ = synth.synthetic_recording(
-        rng, 600, 60, snr_db=(-5, 15), n_lookalikes=20, min_gap_s=3
-    )
-    return audio[:-777]
 
 
 def test_events_identical_on_a_long_synthetic_stream(model, long_stream):
