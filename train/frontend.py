@@ -165,16 +165,10 @@ def pcen_valid(logmel: torch.Tensor, kernel: torch.Tensor, floor: float) -> torc
     [B, n_mels, frames] -> [B, 1, n_mels, frames - taps + 1]."""
     power = (torch.exp(logmel) - floor).clamp_min(0) * PCEN_SCALE
     smooth = nn.functional.conv1d(power, kernel, groups=kernel.shape[0])
-    # the same formula as `_compress`, in ops that onnxruntime runs vectorised (its Pow with a
+    # the same formula as `pcen`'s, in ops that onnxruntime runs vectorised (its Pow with a
     # fractional exponent is a scalar loop: a fifth of a stream's time)
     gain = torch.exp(PCEN_ALPHA * torch.log(1e-6 + smooth))
     out = torch.sqrt(power[:, :, kernel.shape[-1] - 1 :] / gain + PCEN_DELTA) - PCEN_DELTA**PCEN_R
-    return out.unsqueeze(1)
-
-
-def _compress(power: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
-    gain = (1e-6 + smooth) ** PCEN_ALPHA
-    out = (power / gain + PCEN_DELTA) ** PCEN_R - PCEN_DELTA**PCEN_R
     return out.unsqueeze(1)
 
 
@@ -188,4 +182,6 @@ def pcen(logmel: torch.Tensor, kernel: torch.Tensor, floor: float) -> torch.Tens
     first = power[:, :, :1].expand(-1, -1, kernel.shape[-1] - 1)
     padded = torch.cat([first, power], dim=2)
     smooth = nn.functional.conv1d(padded, kernel, groups=kernel.shape[0])
-    return _compress(power, smooth)
+    gain = (1e-6 + smooth) ** PCEN_ALPHA
+    out = (power / gain + PCEN_DELTA) ** PCEN_R - PCEN_DELTA**PCEN_R
+    return out.unsqueeze(1)
