@@ -443,9 +443,9 @@ def recipe_net(widths: str, time_pool: int, frontend: FrontEndConfig) -> dict:
         )
     if stream:
         from train.export import STREAM_HOP
-        from train.net import time_pools
+        from train.net import cell_samples
 
-        cell = frontend.hop_length * int(np.prod(time_pools(blocks, time_pool, True)))
+        cell = cell_samples(frontend, blocks, time_pool)
         if STREAM_HOP % cell:
             raise WhaleError(
                 f"--normalisation pcen-stream: the {STREAM_HOP}-sample window hop is not whole "

@@ -192,6 +192,11 @@ class StreamModel(nn.Module):
         return self.dense(pooled.transpose(1, 2)).squeeze(2)
 
 
+def cell_samples(cfg: FrontEndConfig, n_blocks: int, time_pool: int) -> int:
+    """Samples between the cells of a streaming net's last map: frame hop x time pooling."""
+    return cfg.hop_length * int(np.prod(time_pools(n_blocks, time_pool, True)))
+
+
 def stream_cells(detector: UpcallDetector, window_hop: int) -> tuple[int, int]:
     """(cells a window's max runs over, cells between windows) of a "pcen-stream" model; a
     ValueError when the window hop is not a whole number of cells."""
@@ -199,7 +204,7 @@ def stream_cells(detector: UpcallDetector, window_hop: int) -> tuple[int, int]:
     if not net.stream:
         raise ValueError("only a pcen-stream model has a stream map")
     n_blocks = len(net.features)
-    step = cfg.hop_length * int(np.prod(time_pools(n_blocks, net.time_pool, True)))
+    step = cell_samples(cfg, n_blocks, net.time_pool)
     if window_hop % step:
         raise ValueError(f"a window hop of {window_hop} samples is not whole cells of {step}")
     _, cells = pooled_size(n_blocks, net.time_pool, cfg.n_mels, cfg.image_frames, True)
