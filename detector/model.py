@@ -187,36 +187,35 @@ def _halves(path: Path, card: dict, options: object, providers: list[str]) -> tu
         return None, None
     halves = []
     for half, input_name in (("frames", "samples"), ("head", "logmel")):
-        half_path = path.parent / str(streaming.get(half))
-        if half_path.is_file():
-            digest = sha256_file(half_path)
-            _check_sha(half_path, digest, streaming.get(f"{half}_sha256"), card_path(path))
-        session = _session(half_path, options, providers)
-        names = [i.name for i in session.get_inputs()]
-        if names != [input_name]:  # e.g. the card's two halves swapped
-            raise ConfigError(
-                f"model file {half_path} takes {names}, not [{input_name!r}]: it is not the "
-                f"{half} half its card {card_path(path)} says it is"
-            )
+        session = _half(path, streaming, half, input_name, options, providers)
         if half == "head":  # the frames half takes one stream, [1, samples], by design
-            _check_dynamic_batch(half_path, session.get_inputs()[0].shape)
+            _check_dynamic_batch(path.parent / str(streaming[half]), session.get_inputs()[0].shape)
         halves.append(session)
     return tuple(halves)
 
 
 def _stream_half(path: Path, card: dict, options: object, providers: list[str]) -> object:
-    """The stream half the card names (pcen-stream models), checked against its sha256."""
-    name = card["streaming"].get("stream")
-    if name is None:
+    """The stream half the card names (pcen-stream models), or None."""
+    if card["streaming"].get("stream") is None:
         return None
-    half_path = path.parent / str(name)
+    return _half(path, card["streaming"], "stream", "samples", options, providers)
+
+
+def _half(
+    path: Path, streaming: dict, half: str, input_name: str, options: object, providers: list
+) -> object:
+    """One extra graph the card's `streaming` names, checked against its sha256 and input."""
+    half_path = path.parent / str(streaming.get(half))
     if half_path.is_file():
         digest = sha256_file(half_path)
-        _check_sha(half_path, digest, card["streaming"].get("stream_sha256"), card_path(path))
+        _check_sha(half_path, digest, streaming.get(f"{half}_sha256"), card_path(path))
     session = _session(half_path, options, providers)
     names = [i.name for i in session.get_inputs()]
-    if names != ["samples"]:
-        raise ConfigError(f"model file {half_path} takes {names}, not ['samples']")
+    if names != [input_name]:  # e.g. the card's two halves swapped
+        raise ConfigError(
+            f"model file {half_path} takes {names}, not [{input_name!r}]: it is not the "
+            f"{half} half its card {card_path(path)} says it is"
+        )
     return session
 
 
