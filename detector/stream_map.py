@@ -4,7 +4,7 @@ A pcen-stream model (train/frontend.py) normalises each frame by the frames just
 convolves valid in time, so a window's logit is a max over cells of one map that every window of
 the stream shares. Its third export, `upcall.stream.onnx`, computes that map once over many
 windows and returns each window's logit: the per-window model's numbers, up to the rounding of
-the same sums taken over a longer input (tests/test_streaming.py measures it, ~1e-7 logits).
+the same sums taken over a longer input (tests/test_stream_map.py holds it under 1e-5 logits).
 
 Events must not depend on that rounding. So a window whose logit lies within `MARGIN_LOGIT` of
 the threshold's, or of the top of its run of windows over the threshold (it could be the event's

@@ -115,3 +115,16 @@ def real_model() -> Path:
     if not CANDIDATE.exists():
         pytest.skip(f"no shipped model yet ({CANDIDATE} is absent)")
     return CANDIDATE
+
+
+@pytest.fixture(scope="session")
+def long_stream() -> np.ndarray:
+    """10 minutes of synthetic ocean with 60 up-calls and 20 look-alikes from -5 to 15 dB SNR,
+    and an odd length (not whole windows, hops or STFT frames): for the stream scorers' tests."""
+    from train import synth
+
+    rng = np.random.default_rng(16)
+    audio, _ = synth.synthetic_recording(
+        rng, 600, 60, snr_db=(-5, 15), n_lookalikes=20, min_gap_s=3
+    )
+    return audio[:-777]

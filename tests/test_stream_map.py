@@ -11,11 +11,7 @@ from detector.events import merge_events
 from detector.model import load_model
 from detector.scoring import FrameScorer, WindowScorer, make_scorer
 from detector.stream_map import MARGIN_LOGIT, MapScorer
-from tests.conftest import SHARED_DATA
-from tests.test_streaming import HOP, REPO_EXAMPLE, long_stream, recordings, run
-
-__all__ = ["long_stream"]  # the 10-minute synthetic stream fixture, shared with the screen's tests
-
+from tests.test_streaming import HOP, REPO_EXAMPLE, run, shared_recordings
 
 LEVELS = (0.2, 0.5, 0.8, 0.9, 0.97)  # thresholds the events are compared at
 
@@ -51,17 +47,7 @@ def events(starts: np.ndarray, scores: np.ndarray, threshold: float, hop: int = 
 @pytest.fixture(scope="module")
 def shared(model):
     """Per recording: the audio, the per-window model's scores and the stream half's logits."""
-    files = recordings()
-    if not files:
-        pytest.skip(f"no recordings under {SHARED_DATA} (the shared data set is absent)")
-    out = {}
-    for path in files:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-        assert rate == 2000, path
-        audio = audio[:, 0]
-        _, exact, _ = run(WindowScorer(model, HOP), audio, (64000,))
-        out[path.name] = (audio, exact, stream_logits(model, audio))
-    return out
+    return shared_recordings(model, stream_logits)
 
 
 def test_replay_uses_the_stream_scorer_and_live_does_not(model):

@@ -12,7 +12,6 @@ from detector.model import load_model
 from detector.scoring import FrameScorer, WindowScorer, make_scorer
 from detector.streaming import MARGIN_LOGIT, StreamScorer, smooth, threshold_logit
 from tests.conftest import SHARED_DATA
-from train import synth
 
 HOP = 1000  # the daemon's 0.5-s window hop
 REPO_EXAMPLE = Path(__file__).parents[1] / "examples" / "synthetic_upcalls_20261126_120000.flac"
@@ -70,9 +69,9 @@ def recordings() -> list[Path]:
     return sorted(p for p in SHARED_DATA.rglob("*") if p.suffix.lower() in AUDIO)
 
 
-@pytest.fixture(scope="module")
-def shared(model):
-    """Per recording: the audio, the per-window model's scores and the screen's logits."""
+def shared_recordings(model, logits_of) -> dict:
+    """Per recording of ../shared/data: the audio, the per-window model's scores and
+    `logits_of(model, audio)` (a scorer's own logits); skips when the data set is absent."""
     files = recordings()
     if not files:
         pytest.skip(f"no recordings under {SHARED_DATA} (the shared data set is absent)")
@@ -82,8 +81,14 @@ def shared(model):
         assert rate == 2000, path
         audio = audio[:, 0]
         _, exact, _ = run(WindowScorer(model, HOP), audio, (64000,))
-        out[path.name] = (audio, exact, screen_logits(model, audio))
+        out[path.name] = (audio, exact, logits_of(model, audio))
     return out
+
+
+@pytest.fixture(scope="module")
+def shared(model):
+    """Per recording: the audio, the per-window model's scores and the screen's logits."""
+    return shared_recordings(model, screen_logits)
 
 
 def test_smooth_is_the_recurrence():
@@ -132,17 +137,6 @@ def test_events_identical_to_the_per_window_model_on_shared_data(model, shared):
         for level in thresholds(model):  # the presets, the card's table and a grid
             ref = merge_events(np.arange(len(exact)) * HOP, exact, level, HOP)
             assert screened_events(exact, logits, level) == ref, (name, level)
-
-
-@pytest.fixture(scope="module")
-def long_stream():
-    """10 minutes of synthetic ocean with 60 up-calls and 20 look-alikes from -5 to 15 dB SNR,
-    and an odd length (not whole windows, hops or STFT frames)."""
-    rng = np.random.default_rng(16)
-    audio, _ = synth.synthetic_recording(
-        rng, 600, 60, snr_db=(-5, 15), n_lookalikes=20, min_gap_s=3
-    )
-    return audio[:-777]
 
 
 def test_events_identical_on_a_long_synthetic_stream(model, long_stream):
