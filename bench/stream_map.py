@@ -3,7 +3,7 @@
 `bench/run.py` measures the shipped model, which has no stream half. This puts a pcen-stream
 model's map scorer (detector/stream_map.py) beside the shipped model's screen and beside the
 same model's frames + head, on the benchmark hour's first 900 s, in the replay loop's 64,000-
-sample pushes (and one larger size), best of 3, one onnxruntime thread. Run it under
+sample pushes, best of 3, one onnxruntime thread. Run it under
 `taskset -c 1` for one core. Prints a Markdown table.
 """
 
