@@ -54,8 +54,11 @@ def crossval_run(tmp_path_factory) -> Path:
     args += ["--review", str(root / "review.csv"), "--review", str(root / "review2.csv")]
     args += ["--out", str(root / "cv"), *TINY]
     args += ["--conv-widths", "6,12,12", "--time-pool", "4"]  # a smaller net than the default
+    args += ["--train-review", "exclude"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    # both lists' spans lie in recordings the folds train on (each in two of the three folds)
+    assert "--train-review exclude: 2 probable calls in the training recordings" in result.output
     return root
 
 
@@ -94,6 +97,10 @@ def test_crossval_records_and_trains_the_network_it_was_given(crossval_run: Path
     out = crossval_run / "cv"
     summary = json.loads((out / "crossval.json").read_text())
     assert summary["train_options"]["net"] == {"channels": [6, 12, 12], "time_pool": 4}
+    assert summary["train_options"]["mix"]["review"] == "exclude"
+    # a fold trains with its training days' probable calls, never its held-out day's
+    near = {j["day"]: j["probable_calls_in_training"] for j in summary["per_job"]}
+    assert near == {"2026-01-01": 1, "2026-01-02": 1, "2026-01-03": 2}
     assert (
         "CNN: conv blocks of 6, 12, 12 channels, first time pooling 4"
         in (out / "report.md").read_text()

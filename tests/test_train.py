@@ -17,8 +17,8 @@ from train.data import Recording  # noqa: E402
 from train.export import export_onnx, write_card  # noqa: E402
 from train.frontend import FrontEnd, FrontEndConfig  # noqa: E402
 from train.net import UpcallDetector, count_parameters, flops_per_window  # noqa: E402
-from train.sampler import WindowSampler  # noqa: E402
-from train.train import TrainConfig, train, train_ensemble  # noqa: E402
+from train.sampler import CALL_MARGIN_S, Mix, WindowSampler  # noqa: E402
+from train.train import TrainConfig, mine_hard_negatives, train, train_ensemble  # noqa: E402
 
 
 def synthetic_windows(n: int, seed: int = 0) -> np.ndarray:
@@ -273,3 +273,31 @@ def test_a_stream_model_is_shown_its_calls_where_it_can_see_them():
         before, after = np.sum(window[:950] ** 2), np.sum(window[950:] ** 2)
         assert after >= 0.8 * before  # half the call or more where it is seen (+-8 % stretch)
         assert np.abs(window).max() > 0.3  # the call is in the window
+
+
+def test_reviewed_probable_calls_are_kept_out_of_the_negatives_when_asked():
+    """Labels are incomplete: a call nobody marked is drawn as a call-free window and, scoring
+    high, mined as a hard negative, which teaches the model to miss faint calls. With review
+    'exclude' no negative window (drawn or mined) comes near a reviewed probable call; with
+    'calls' it is trained on as a call; 'off' keeps the old sampler."""
+    rng = np.random.default_rng(4)
+    audio = (1e-3 * rng.standard_normal(60 * 2000)).astype(np.float32)
+    rec = Recording("r.wav", audio, [(10.0, 11.0)], probable=[(30.0, 31.0), (45.0, 46.5)])
+    margin = CALL_MARGIN_S * 2000
+
+    def near_probable(starts: np.ndarray) -> bool:
+        return any(
+            ((starts > s * 2000 - margin - 4000) & (starts < e * 2000 + margin)).any()
+            for s, e in rec.probable
+        )
+
+    for use in ("off", "exclude", "calls"):
+        sampler = WindowSampler([rec], mix=Mix(review=use), seed=0)
+        starts = np.array([st for _, st in sampler.negatives])
+        hard, _ = mine_hard_negatives(UpcallDetector(), sampler, 10_000, "cpu")
+        mined = np.array([st for _, st in hard])
+        assert near_probable(starts) == near_probable(mined) == (use == "off")
+        spans = [(s, e) for _, s, e in sampler.calls]
+        assert spans == ([(10.0, 11.0)] + rec.probable if use == "calls" else [(10.0, 11.0)])
+    with pytest.raises(ValueError, match="review"):
+        WindowSampler([rec], mix=Mix(review="positive"), seed=0)

@@ -147,6 +147,20 @@ def test_a_recipe_range_out_of_order_fails_before_training(tmp_path, option, val
     assert_one_line(result.exit_code, result.stderr, option)
 
 
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--train-review", "exclude"], ["--train-review", "--review"]),
+        (["--train-review", "positive", "--review", "r.csv"], ["--train-review", "positive"]),
+    ],
+)
+def test_a_bad_use_of_the_review_lists_fails_before_training(tmp_path, extra, words):
+    data = clip(tmp_path / "bg" / "noise.wav", seconds=5)
+    args = ["train", "--steps", "100000", "--data", str(data), "--out", str(tmp_path / "m")]
+    result = CliRunner().invoke(main, [*args, *extra])
+    assert_one_line(result.exit_code, result.stderr, *words)
+
+
 def test_the_snr_range_reaches_the_sampler():
     from train.cli import recipe_mix
 

@@ -67,6 +67,24 @@ SYNTH_SHAPES_OPTION = click.option(
     "(duration, start/end frequency, curvature, 2nd harmonic) measured from the training "
     "recordings' annotated calls, each jittered +-10 %. Their SNR still comes from --snr-db.",
 )
+REVIEW_OPTION = click.option(
+    "--review",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="CSV filename,start,end[,judgement] of probable calls the annotators missed: crossval's "
+    "lenient precision leaves out events overlapping only these, and --train-review says what "
+    "training does with them (repeatable: the lists add).",
+)
+TRAIN_REVIEW_OPTION = click.option(
+    "--train-review",
+    default="off",
+    show_default=True,
+    metavar="off|exclude|calls",
+    help="Recipe: what training does with the --review lists' probable calls in its recordings: "
+    "'off' nothing (they may be drawn as call-free windows and mined as hard negatives); "
+    "'exclude' keeps negatives away from them; 'calls' also trains on them as calls. Scoring "
+    "stays by the annotations alone.",
+)
 WIDTHS_OPTION = click.option(
     "--conv-widths",
     "widths",
@@ -228,6 +246,8 @@ def main() -> None:
 @REMIX_SCALE_OPTION
 @SNR_OPTION
 @SYNTH_SHAPES_OPTION
+@REVIEW_OPTION
+@TRAIN_REVIEW_OPTION
 @NORMALISATION_OPTION
 @click.option(
     "--operating-points",
@@ -287,6 +307,8 @@ def train_cmd(
     remix_scale,
     snr_db,
     synth_shapes,
+    review,
+    train_review,
     normalisation,
     operating_points,
     name,
@@ -313,11 +335,13 @@ def train_cmd(
         channels = tuple(recipe_net(widths, time_pool, frontend)["channels"])
         old_card = read_card(metrics_from) if metrics_from else None
         points = read_operating_points(operating_points) if operating_points else None
+        mix = recipe_mix(remix_scale, snr_db, synth_shapes, train_review, review)
+        spans = read_reviews(review)
         sets = Datasets(list(data_paths), set(holdout), channel)
         click.echo(sets.describe())
+        attach_reviews(sets.train_recs, spans, mix.review)
         np.random.seed(seed)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, device=device)
-        mix = recipe_mix(remix_scale, snr_db, synth_shapes)
         # one model: its sampler, built now, measures the shapes; an ensemble's members build
         # theirs in their own processes, so they are measured here too, to fail before training
         if members == 1:
@@ -383,9 +407,11 @@ def recipe_mix(
     remix_scale: tuple[float, float],
     snr_db: tuple[float, float] = (-3.0, 15.0),
     synth_shapes: str = "fixed",
+    train_review: str = "off",
+    review: tuple[Path, ...] = (),
 ) -> "Mix":
     """The sampler's mix for the recipe options, checked."""
-    from train.sampler import Mix
+    from train.sampler import REVIEW_USES, Mix
     from train.shapes import SYNTH_SHAPES
 
     lo, hi = remix_scale
@@ -396,7 +422,34 @@ def recipe_mix(
         raise WhaleError(f"--snr-db {quiet} {loud}: need -60 <= LOW <= HIGH <= 60")
     if synth_shapes not in SYNTH_SHAPES:
         raise WhaleError(f"--synth-shapes {synth_shapes!r}: choose {' or '.join(SYNTH_SHAPES)}")
-    return Mix(remix_scale=(lo, hi), snr_db=(quiet, loud), synth_shapes=synth_shapes)
+    if train_review not in REVIEW_USES:
+        raise WhaleError(f"--train-review {train_review!r}: choose {', '.join(REVIEW_USES)}")
+    if train_review != "off" and not review:
+        raise WhaleError(f"--train-review {train_review} needs a --review list")
+    return Mix(
+        remix_scale=(lo, hi), snr_db=(quiet, loud), synth_shapes=synth_shapes, review=train_review
+    )
+
+
+def read_reviews(paths: tuple[Path, ...]) -> dict[str, list[tuple[float, float]]]:
+    """The --review lists, added together: probable unannotated calls by recording file name."""
+    from train.crossval import load_review
+
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for path in paths:
+        for name, found in load_review(path).items():
+            spans.setdefault(name, []).extend(found)
+    return spans
+
+
+def attach_reviews(recordings: list, spans: dict[str, list[tuple[float, float]]], use: str) -> None:
+    """Give each recording its probable calls (which the sampler uses as `use` says), and say
+    how many training sees."""
+    for rec in recordings:
+        rec.probable = sorted(spans.get(rec.path.name, []))
+    if use != "off":
+        seen = sum(len(r.probable) for r in recordings)
+        click.echo(f"--train-review {use}: {seen} probable calls in the training recordings")
 
 
 def recipe_frontend(
@@ -695,13 +748,7 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
     "folder of call-free recordings (one held out per fold), clip folders (always trained on). "
     "Repeatable.",
 )
-@click.option(
-    "--review",
-    type=click.Path(path_type=Path),
-    multiple=True,
-    help="CSV filename,start,end[,judgement] of probable calls the annotators missed: the "
-    "lenient precision leaves out events overlapping only these (repeatable: the lists add).",
-)
+@REVIEW_OPTION
 @click.option(
     "--seeds",
     type=click.IntRange(1, 16),
@@ -728,6 +775,7 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
 @REMIX_SCALE_OPTION
 @SNR_OPTION
 @SYNTH_SHAPES_OPTION
+@TRAIN_REVIEW_OPTION
 @NORMALISATION_OPTION
 @WIDTHS_OPTION
 @TIME_POOL_OPTION
@@ -750,6 +798,7 @@ def crossval_cmd(
     remix_scale,
     snr_db,
     synth_shapes,
+    train_review,
     normalisation,
     widths,
     time_pool,
@@ -760,19 +809,19 @@ def crossval_cmd(
     the held-out day and background as the daemon does; report per fold and pooled, and the
     operating points a model card can carry (whale-train train --operating-points)."""
     try:
-        from train.crossval import load_review, run_crossval
+        from train.crossval import run_crossval
 
-        mix = recipe_mix(remix_scale, snr_db, synth_shapes)
+        mix = recipe_mix(remix_scale, snr_db, synth_shapes, train_review, review)
         frontend = recipe_frontend(normalisation)
         net = recipe_net(widths, time_pool, frontend)
         writable_folder(out, "--out")
-        spans: dict = {}
-        for path in review:
-            for name, found in load_review(path).items():
-                spans.setdefault(name, []).extend(found)
+        spans = read_reviews(review)
         sets = Datasets(list(data_paths), None, channel)
         if not sets.eval_ann:
             raise WhaleError("crossval needs an annotation table among --data")
+        # a fold trains on its training days' probable calls only: the held-out day's are
+        # used for its lenient figures, never for its model
+        attach_reviews(sets.eval_ann, spans, mix.review)
         click.echo(
             f"{len(sets.eval_ann)} annotated recordings, {len(sets.eval_bg)} background, "
             f"{len(sets.clips)} clips"
@@ -784,6 +833,7 @@ def crossval_cmd(
                 "remix_scale": mix.remix_scale,
                 "snr_db": mix.snr_db,
                 "synth_shapes": mix.synth_shapes,
+                "review": mix.review,
             },
             "frontend": {"normalisation": normalisation, "hop_length": frontend.hop_length},
             "net": net,

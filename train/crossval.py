@@ -227,6 +227,8 @@ def run_job(job: Job) -> dict:
         "clip_auc": round(clip_auc(onnx.score, annotated), 4),
         "scores": scores,
         "synthetic_shapes": notes[0] if notes else None,
+        # probable unannotated calls its training recordings carry (used with --train-review)
+        "probable_calls": sum(len(r.probable) for r in job.train_recs),
     }
 
 
@@ -262,6 +264,7 @@ def summarise(results: list[dict], folds: list[Fold], review: dict[str, list[Spa
                 "clip_auc": res["clip_auc"],
                 "event_ap": round(event_ap(ann, bg), 4),
                 "table": [pooled_row(ann, bg, t, review) for t in GRID],
+                "probable_calls_in_training": res["probable_calls"],
                 **(
                     {"synthetic_shapes": res["synthetic_shapes"]}
                     if res.get("synthetic_shapes")

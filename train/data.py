@@ -53,6 +53,9 @@ class Recording:
     calls: list[Span]  # (start_s, end_s) of every up-call; empty for call-free recordings
     rejected: list[Span] = field(default_factory=list)  # spans labelled not a call
     reviewed: bool = False  # labelled by the review station (a verdict on an event clip)
+    # spans a person judged probable calls the annotators missed (a --review list): never
+    # scored as calls, but with --train-review the sampler keeps them out of the negatives
+    probable: list[Span] = field(default_factory=list)
 
 
 @dataclass

@@ -34,13 +34,23 @@ class Mix:
     stretch: float = 0.08  # frequency/time stretch, +-8 %
     remix_scale: tuple[float, float] = (0.2, 1.5)  # other background under a real call, x its level
     synth_shapes: str = "fixed"  # synthetic calls from synth's fixed ranges, or "measured" ones
+    review: str = "off"  # the recordings' probable calls: "off", "exclude" from negatives, "calls"
 
 
-def negative_starts(rec: Recording, hop: int, window: int = WINDOW_SAMPLES) -> np.ndarray:
-    """Window starts (every hop samples) whose window keeps CALL_MARGIN_S away from every call."""
+REVIEW_USES = ("off", "exclude", "calls")
+
+
+def negative_starts(
+    rec: Recording,
+    hop: int,
+    window: int = WINDOW_SAMPLES,
+    keep_off: list[tuple[float, float]] | None = None,
+) -> np.ndarray:
+    """Window starts (every hop samples) whose window keeps CALL_MARGIN_S away from every span
+    of keep_off (by default the recording's calls)."""
     starts = np.arange(0, len(rec.audio) - window + 1, hop)
     keep = np.ones(len(starts), dtype=bool)
-    for s, e in rec.calls:
+    for s, e in rec.calls if keep_off is None else keep_off:
         lo = (s - CALL_MARGIN_S) * SAMPLE_RATE - window
         hi = (e + CALL_MARGIN_S) * SAMPLE_RATE
         keep &= ~((starts > lo) & (starts < hi))
@@ -78,11 +88,19 @@ class WindowSampler:
         self.mix = mix or Mix()
         # a review clip (a 2-s event and 1 s each side) is 4 s: one window must fit
         self.recordings = [r for r in recordings if len(r.audio) >= WINDOW_SAMPLES]
-        self.calls = [
-            (i, s, e) for i, r in enumerate(self.recordings) for s, e in r.calls if e - s > 0
-        ]
+        # labels are incomplete: with mix.review, the probable calls a person found unmarked are
+        # not drawn (nor mined) as negatives, and with "calls" they are trained on as calls
+        review = self.mix.review
+        if review not in REVIEW_USES:
+            raise ValueError(f"review {review!r}: choose one of {REVIEW_USES}")
+        probable = [r.probable if review != "off" else [] for r in self.recordings]
+        self.keep_off = [r.calls + p for r, p in zip(self.recordings, probable, strict=True)]
+        positives = self.keep_off if review == "calls" else [r.calls for r in self.recordings]
+        self.calls = [(i, s, e) for i, spans in enumerate(positives) for s, e in spans if e - s > 0]
         self.negatives = [
-            (i, st) for i, r in enumerate(self.recordings) for st in negative_starts(r, 500)
+            (i, st)
+            for i, r in enumerate(self.recordings)
+            for st in negative_starts(r, 500, keep_off=self.keep_off[i])
         ]
         clips = clips or []
         self.pos_clips = [c.audio for c in clips if c.label == 1 and len(c.audio) >= 1000]

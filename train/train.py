@@ -100,7 +100,7 @@ def mine_hard_negatives(
     candidates: list[tuple[int, int]] = []
     scores: list[np.ndarray] = []
     for i, rec in enumerate(sampler.recordings):
-        starts = negative_starts(rec, 500)
+        starts = negative_starts(rec, 500, keep_off=sampler.keep_off[i])
         if len(starts) == 0:
             continue
         view = np.lib.stride_tricks.sliding_window_view(rec.audio, WINDOW_SAMPLES)
