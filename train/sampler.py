@@ -94,13 +94,13 @@ class WindowSampler:
         if review not in REVIEW_USES:
             raise ValueError(f"review {review!r}: choose one of {REVIEW_USES}")
         probable = [r.probable if review != "off" else [] for r in self.recordings]
-        self.keep_off = [r.calls + p for r, p in zip(self.recordings, probable, strict=True)]
-        positives = self.keep_off if review == "calls" else [r.calls for r in self.recordings]
+        keep_off = [r.calls + p for r, p in zip(self.recordings, probable, strict=True)]
+        positives = keep_off if review == "calls" else [r.calls for r in self.recordings]
         self.calls = [(i, s, e) for i, spans in enumerate(positives) for s, e in spans if e - s > 0]
         self.negatives = [
             (i, st)
             for i, r in enumerate(self.recordings)
-            for st in negative_starts(r, 500, keep_off=self.keep_off[i])
+            for st in negative_starts(r, 500, keep_off=keep_off[i])
         ]
         clips = clips or []
         self.pos_clips = [c.audio for c in clips if c.label == 1 and len(c.audio) >= 1000]

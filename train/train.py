@@ -23,7 +23,7 @@ from detector.constants import WINDOW_SAMPLES
 from train.data import Clip, Recording
 from train.frontend import FrontEndConfig
 from train.net import CHANNELS, TIME_POOL, UpcallDetector, combine
-from train.sampler import Mix, WindowSampler, negative_starts
+from train.sampler import Mix, WindowSampler
 
 
 @dataclass
@@ -96,21 +96,21 @@ def score_windows(
 def mine_hard_negatives(
     model: UpcallDetector, sampler: WindowSampler, keep: int, device: str
 ) -> tuple[list[tuple[int, int]], float]:
-    """Score every call-free window (0.25-s hop); keep the highest scoring ones."""
-    candidates: list[tuple[int, int]] = []
+    """Score every call-free window the sampler draws from (0.25-s hop); keep the highest
+    scoring ones."""
+    if not sampler.negatives:
+        return [], 0.0
+    candidates = np.array(sampler.negatives, dtype=np.int64)  # [N, (recording, start)], in order
     scores: list[np.ndarray] = []
     for i, rec in enumerate(sampler.recordings):
-        starts = negative_starts(rec, 500, keep_off=sampler.keep_off[i])
+        starts = candidates[candidates[:, 0] == i, 1]
         if len(starts) == 0:
             continue
         view = np.lib.stride_tricks.sliding_window_view(rec.audio, WINDOW_SAMPLES)
         scores.append(score_windows(model, view[starts], device))
-        candidates += [(i, int(s)) for s in starts]
-    if not candidates:
-        return [], 0.0
     all_scores = np.concatenate(scores)
     order = np.argsort(all_scores)[::-1][:keep]
-    return [candidates[j] for j in order], float(np.mean(all_scores > 0.5))
+    return [(int(i), int(st)) for i, st in candidates[order]], float(np.mean(all_scores > 0.5))
 
 
 def train(
