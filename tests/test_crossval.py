@@ -256,3 +256,32 @@ def test_adapt_refuses_what_it_cannot_use(crossval_run: Path, shipped_like, tmp_
         main, ["adapt", "--model", str(bare / "m.onnx"), "--background", bg, "--out", str(tmp_path)]
     )
     assert result.exit_code == 2 and "no presets" in result.output
+
+
+def test_crossval_distils_each_fold_from_the_same_fold_of_an_earlier_run(
+    crossval_run: Path, tmp_path: Path
+) -> None:
+    root = crossval_run
+    args = ["crossval", "--data", str(root / "calls.csv"), "--data", str(root / "bg")]
+    args += ["--out", str(tmp_path / "student"), *TINY, "--seeds", "1"]
+    args += ["--distil-from", str(root / "cv"), "--distil-weight", "0.7"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "student" / "crossval.json").read_text())
+    assert summary["train_options"]["distil"] == {"from": str(root / "cv"), "weight": 0.7}
+    assert [j["seed"] for j in summary["per_job"]] == [0, 0, 0]
+
+
+def test_crossval_without_the_teachers_of_a_fold_says_so_in_one_line(
+    crossval_run: Path, tmp_path: Path
+) -> None:
+    teachers = tmp_path / "teachers"
+    (teachers / "fold_2026-01-01_s0").mkdir(parents=True)  # the other two days' are missing
+    root = crossval_run
+    args = ["crossval", "--data", str(root / "calls.csv"), "--data", str(root / "bg")]
+    args += ["--out", str(tmp_path / "student"), *TINY, "--distil-from", str(teachers)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fold_2026-01-01_s*/upcall.onnx" in lines[0], result.stderr
+    assert not (tmp_path / "student" / "fold_2026-01-02_s0").exists()  # before any training

@@ -18,7 +18,13 @@ from train.export import export_onnx, write_card  # noqa: E402
 from train.frontend import FrontEnd, FrontEndConfig  # noqa: E402
 from train.net import UpcallDetector, count_parameters, flops_per_window  # noqa: E402
 from train.sampler import CALL_MARGIN_S, Mix, WindowSampler  # noqa: E402
-from train.train import TrainConfig, mine_hard_negatives, train, train_ensemble  # noqa: E402
+from train.train import (  # noqa: E402
+    TrainConfig,
+    mine_hard_negatives,
+    soft_targets,
+    train,
+    train_ensemble,
+)
 
 
 def synthetic_windows(n: int, seed: int = 0) -> np.ndarray:
@@ -301,3 +307,37 @@ def test_reviewed_probable_calls_are_kept_out_of_the_negatives_when_asked():
         assert spans == ([(10.0, 11.0)] + rec.probable if use == "calls" else [(10.0, 11.0)])
     with pytest.raises(ValueError, match="review"):
         WindowSampler([rec], mix=Mix(review="positive"), seed=0)
+
+
+def test_distillation_targets_mix_the_label_and_the_teacher():
+    labels = np.array([1.0, 0.0, 1.0], dtype=np.float32)
+    teacher = np.array([0.2, 0.9, 1.0])
+    np.testing.assert_allclose(soft_targets(labels, teacher, 0.0), labels)
+    np.testing.assert_allclose(soft_targets(labels, teacher, 1.0), teacher)
+    np.testing.assert_allclose(soft_targets(labels, teacher, 0.25), [0.8, 0.225, 1.0])
+    assert soft_targets(labels, teacher, 0.5).dtype == np.float32
+
+
+def test_a_student_learns_its_teachers_scores_not_the_labels(tmp_path):
+    """With the whole target from a teacher that calls every window a call, the student learns
+    that, whatever the labels say: the teacher is really in the loss."""
+    rng = np.random.default_rng(3)
+    audio, calls = synth.synthetic_recording(rng, 120, 8, n_lookalikes=3)
+    recs = [Recording(tmp_path / "r.wav", audio, calls)]
+    cfg = TrainConfig(steps=30, batch_size=32, mine_every=0, seed=1)
+    held_x, held_y = WindowSampler(recs, seed=99).batch(64)
+
+    def mean_probability(model) -> float:
+        model.eval()
+        with torch.no_grad():
+            return torch.sigmoid(model(torch.from_numpy(held_x[held_y == 0]))).mean().item()
+
+    plain = train(WindowSampler(recs, seed=1), cfg, log=lambda s: None)
+    student = train(
+        WindowSampler(recs, seed=1),
+        cfg,
+        log=lambda s: None,
+        teacher=lambda x: np.ones(len(x)),
+        distil_weight=1.0,
+    )
+    assert mean_probability(student) > 0.8 > mean_probability(plain)

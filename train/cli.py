@@ -780,6 +780,22 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
 @WIDTHS_OPTION
 @TIME_POOL_OPTION
 @click.option(
+    "--distil-from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Recipe: a previous crossval's --out folder; each fold's model is distilled from the "
+    "mean logit of that run's models of the same fold (its teachers never saw the held-out day "
+    "either), on its own training windows.",
+)
+@click.option(
+    "--distil-weight",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="Recipe: with --distil-from, the share of each training target taken from the "
+    "teachers' probability (the rest from the label).",
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=Path("runs/crossval"),
@@ -802,6 +818,8 @@ def crossval_cmd(
     normalisation,
     widths,
     time_pool,
+    distil_from,
+    distil_weight,
     out,
     channel,
 ) -> None:
@@ -838,6 +856,8 @@ def crossval_cmd(
             "frontend": {"normalisation": normalisation, "hop_length": frontend.hop_length},
             "net": net,
         }
+        if distil_from is not None:
+            options["distil"] = {"from": str(distil_from), "weight": distil_weight}
         run_crossval(
             sets.eval_ann,
             sets.eval_bg,

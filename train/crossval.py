@@ -420,6 +420,18 @@ def format_report(summary: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fold_teachers(folder: Path, day: str) -> list[str]:
+    """A previous crossval's models for this held-out day (OUT/fold_DAY_sSEED/upcall.onnx): a
+    distilled fold's teachers never saw its held-out day either."""
+    paths = sorted(str(p) for p in Path(folder).glob(f"fold_{day}_s*/upcall.onnx"))
+    if not paths:
+        raise WhaleError(
+            f"--distil-from {folder}: no fold_{day}_s*/upcall.onnx (the teachers of the fold "
+            f"that holds out {day}); give the --out folder of a crossval over the same days"
+        )
+    return paths
+
+
 def run_crossval(
     annotated: list[Recording],
     background: list[Recording],
@@ -434,13 +446,21 @@ def run_crossval(
 ) -> dict:
     """Train and score every (fold, seed) model in `jobs` worker processes (one thread each, so
     the weights do not depend on the machine), then pool. Writes OUT/fold_DAY_sSEED/ (model and
-    window scores), OUT/crossval.json (with `command`, what made it) and OUT/report.md."""
+    window scores), OUT/crossval.json (with `command`, what made it) and OUT/report.md.
+    With train_options["distil"] = {"from": a previous crossval's OUT, "weight": w}, each fold's
+    model learns from the mean logit of that crossval's models of the same fold."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     folds = make_folds(annotated, background)
+    options = dict(train_options or {})
+    distil = options.pop("distil", None)
+    teachers = {f.day: fold_teachers(Path(distil["from"]), f.day) for f in folds} if distil else {}
     work = []
     for k, fold in enumerate(folds):
+        job_options = dict(options)
+        if distil:
+            job_options["distil"] = {"teachers": teachers[fold.day], "weight": distil["weight"]}
         held = fold.held_out()
         train_recs = [r for r in annotated + background if r.path.name not in held]
         for seed in seeds:
@@ -455,7 +475,7 @@ def run_crossval(
                     clips,
                     fold.test_ann + fold.test_bg,
                     folder,
-                    dict(train_options or {}),
+                    job_options,
                 )
             )
     log(f"crossval: {len(folds)} folds x {len(seeds)} seeds = {len(work)} models, {jobs} at a time")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from queue import Empty, Queue
 
 import numpy as np
@@ -113,6 +114,31 @@ def mine_hard_negatives(
     return [(int(i), int(st)) for i, st in candidates[order]], float(np.mean(all_scores > 0.5))
 
 
+Teacher = Callable[[np.ndarray], np.ndarray]  # windows [n, samples] -> probabilities [n]
+
+
+def soft_targets(labels: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+    """Distillation targets: each label pulled toward the teacher's probability. Binary cross-
+    entropy is linear in its target, so this is (1 - weight) x the label's loss plus weight x
+    the teacher's."""
+    return ((1.0 - weight) * labels + weight * teacher).astype(np.float32)
+
+
+def onnx_teacher(paths: list[Path | str]) -> Teacher:
+    """The mean logit of exported models (one onnxruntime thread each), as a probability: the
+    ensemble a distilled student learns from, on the student's own training windows."""
+    from detector.model import load_model
+
+    models = [load_model(path, provider="cpu", threads=1) for path in paths]
+
+    def score(windows: np.ndarray) -> np.ndarray:
+        probs = [np.clip(m.score(windows).astype(np.float64), 1e-6, 1 - 1e-6) for m in models]
+        logit = np.mean([np.log(p / (1 - p)) for p in probs], axis=0)
+        return 1.0 / (1.0 + np.exp(-logit))
+
+    return score
+
+
 def train(
     sampler: WindowSampler,
     cfg: TrainConfig,
@@ -123,10 +149,12 @@ def train(
     init: UpcallDetector | None = None,
     freeze: Callable[[nn.Module], None] | None = None,
     channels: tuple[int, ...] = CHANNELS,
+    teacher: Teacher | None = None,
+    distil_weight: float = 0.5,
 ) -> UpcallDetector:
     """Train a new detector (conv widths `channels`, first time pooling `time_pool`), or
     fine-tune a copy of `init` (then `freeze` fixes what must not move, e.g. folded batch
-    norms)."""
+    norms). With a teacher, the targets are soft: see soft_targets."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -149,6 +177,8 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
         x, y = sampler.batch(cfg.batch_size)
+        if teacher is not None:
+            y = soft_targets(y, teacher(x), distil_weight)
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         with torch.no_grad():
             image = model.frontend(x)
@@ -180,11 +210,12 @@ def train_model(
     frontend: dict | None = None,
     net: dict | None = None,
     mix: dict | None = None,
+    distil: dict | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> UpcallDetector:
     """One detector from a recipe given as plain values (JSON-able, for crossval's workers and
     its report): frontend and mix are FrontEndConfig and Mix fields, net the CNN's `channels`
-    (a list of widths) and `time_pool`."""
+    (a list of widths) and `time_pool`, distil the `teachers` (ONNX paths) and `weight`."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     sampler = WindowSampler(recordings, clips, mix=Mix(**(mix or {})), seed=seed)
@@ -199,6 +230,8 @@ def train_model(
         net.get("time_pool", TIME_POOL),
         log=log,
         channels=tuple(net.get("channels", CHANNELS)),
+        teacher=onnx_teacher(distil["teachers"]) if distil else None,
+        distil_weight=distil["weight"] if distil else 0.5,
     ).cpu()
 
 
