@@ -2,6 +2,7 @@
 in parallel processes, evaluated on the held-out files and exported with its card."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,7 +90,7 @@ def test_evaluate_only_the_named_recordings(tmp_path):
 def test_evaluate_several_models_scores_their_mean_logit(tmp_path, monkeypatch):
     """Logits averaged, not probabilities: 0.9 and 0.5 give 0.75 (probabilities would give 0.7)."""
     import detector.model
-    from train.cli import mean_logit_scorer
+    from train.evaluate import mean_logit_scorer
 
     class Fixed:
         def __init__(self, p: float) -> None:
@@ -99,7 +100,9 @@ def test_evaluate_several_models_scores_their_mean_logit(tmp_path, monkeypatch):
             return np.full(len(windows), self.p, dtype=np.float32)
 
     probs = {"a.onnx": 0.9, "b.onnx": 0.5, "c.onnx": 1.0}
-    monkeypatch.setattr(detector.model, "load_model", lambda p, provider: Fixed(probs[p.name]))
+    monkeypatch.setattr(
+        detector.model, "load_model", lambda p, provider, threads: Fixed(probs[Path(p).name])
+    )
     windows = np.zeros((3, 4000), np.float32)
     both = mean_logit_scorer([tmp_path / "a.onnx", tmp_path / "b.onnx"])(windows)
     np.testing.assert_allclose(both, 0.75, rtol=1e-6)

@@ -3,7 +3,6 @@
 import json
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ from detector import __version__
 from detector.cli import FiniteFloatRange
 from detector.errors import WhaleError
 from detector.model import sha256_file
+from train.evaluate import mean_logit_scorer
 from train.frontend import STREAM_FRAME_HOP, FrontEndConfig
 from train.net import CHANNELS, MAX_BLOCKS, MAX_WIDTH, TIME_POOL
 
@@ -628,23 +628,6 @@ def model_names(model_paths: list[Path]) -> str:
     if len(set(names)) < len(names):
         names = [str(p) for p in model_paths]
     return " + ".join(names) + (" (mean logit)" if len(names) > 1 else "")
-
-
-def mean_logit_scorer(model_paths: list[Path]) -> Callable[[np.ndarray], np.ndarray]:
-    """One model's own scores; several models' mean logit (each probability clipped to
-    [1e-7, 1 - 1e-7] first, since float32 probabilities saturate at 1), to check what an ensemble
-    of separately trained models would give before training one with --members."""
-    from detector.model import load_model
-
-    models = [load_model(p, provider="cpu") for p in model_paths]
-    if len(models) == 1:
-        return models[0].score
-
-    def score(windows: np.ndarray) -> np.ndarray:
-        p = np.clip([m.score(windows).astype(np.float64) for m in models], 1e-7, 1 - 1e-7)
-        return 1 / (1 + np.exp(-np.log(p / (1 - p)).mean(axis=0)))
-
-    return score
 
 
 @main.command("evaluate", short_help="Evaluate models and the baseline on recordings.")

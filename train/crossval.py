@@ -445,7 +445,7 @@ def run_crossval(
     command: str | None = None,
 ) -> dict:
     """Train and score every (fold, seed) model in `jobs` worker processes (one thread each, so
-    the weights do not depend on the machine), then pool. Writes OUT/fold_DAY_sSEED/ (model and
+    the weights do not depend on the core count), then pool. Writes OUT/fold_DAY_sSEED/ (model and
     window scores), OUT/crossval.json (with `command`, what made it) and OUT/report.md.
     With train_options["distil"] = {"from": a previous crossval's OUT, "weight": w}, each fold's
     model learns from the mean logit of that crossval's models of the same fold."""

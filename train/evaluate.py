@@ -9,6 +9,7 @@ event is a false alarm. Clip AUC: 2-s windows centred on calls vs. windows >= 1 
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +23,24 @@ HOP = int(DEFAULT_HOP_SECONDS * SAMPLE_RATE)
 MATCH_TOLERANCE_S = 0.5
 AP_WINDOWS = 400  # event AP sweeps the distinct scores of this many top-scoring windows
 THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.993, 0.995, 0.997, 0.998, 0.999)
+
+
+def mean_logit_scorer(model_paths: list[Path | str], threads: int = 0) -> ScoreFn:
+    """One model's own scores; several models' mean logit (each probability clipped to
+    [1e-7, 1 - 1e-7] first, since float32 probabilities saturate at 1): what an ensemble of
+    separately trained models gives (`evaluate --model A --model B`), and the teacher a
+    distilled model learns from (`crossval --distil-from`)."""
+    from detector.model import load_model
+
+    models = [load_model(p, provider="cpu", threads=threads) for p in model_paths]
+    if len(models) == 1:
+        return models[0].score
+
+    def score(windows: np.ndarray) -> np.ndarray:
+        p = np.clip([m.score(windows).astype(np.float64) for m in models], 1e-7, 1 - 1e-7)
+        return 1 / (1 + np.exp(-np.log(p / (1 - p)).mean(axis=0)))
+
+    return score
 
 
 def score_audio(score: ScoreFn, audio: np.ndarray, hop: int = HOP, batch: int = 512):

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 from queue import Empty, Queue
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch import nn
 
 from detector.constants import WINDOW_SAMPLES
 from train.data import Clip, Recording
+from train.evaluate import mean_logit_scorer
 from train.frontend import FrontEndConfig
 from train.net import CHANNELS, TIME_POOL, UpcallDetector, combine
 from train.sampler import Mix, WindowSampler
@@ -124,21 +124,6 @@ def soft_targets(labels: np.ndarray, teacher: np.ndarray, weight: float) -> np.n
     return ((1.0 - weight) * labels + weight * teacher).astype(np.float32)
 
 
-def onnx_teacher(paths: list[Path | str]) -> Teacher:
-    """The mean logit of exported models (one onnxruntime thread each), as a probability: the
-    ensemble a distilled student learns from, on the student's own training windows."""
-    from detector.model import load_model
-
-    models = [load_model(path, provider="cpu", threads=1) for path in paths]
-
-    def score(windows: np.ndarray) -> np.ndarray:
-        probs = [np.clip(m.score(windows).astype(np.float64), 1e-6, 1 - 1e-6) for m in models]
-        logit = np.mean([np.log(p / (1 - p)) for p in probs], axis=0)
-        return 1.0 / (1.0 + np.exp(-logit))
-
-    return score
-
-
 def train(
     sampler: WindowSampler,
     cfg: TrainConfig,
@@ -230,7 +215,7 @@ def train_model(
         net.get("time_pool", TIME_POOL),
         log=log,
         channels=tuple(net.get("channels", CHANNELS)),
-        teacher=onnx_teacher(distil["teachers"]) if distil else None,
+        teacher=mean_logit_scorer(distil["teachers"], threads=1) if distil else None,
         distil_weight=distil["weight"] if distil else 0.5,
     ).cpu()
 
