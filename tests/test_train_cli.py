@@ -161,6 +161,13 @@ def test_a_bad_use_of_the_review_lists_fails_before_training(tmp_path, extra, wo
     assert_one_line(result.exit_code, result.stderr, *words)
 
 
+def test_a_distillation_weight_without_its_teachers_fails_before_training(tmp_path):
+    data = clip(tmp_path / "bg" / "noise.wav", seconds=5)
+    args = ["crossval", "--data", str(data), "--out", str(tmp_path / "cv"), "--steps", "100000"]
+    result = CliRunner().invoke(main, [*args, "--distil-weight", "0.7"])
+    assert_one_line(result.exit_code, result.stderr, "--distil-weight", "--distil-from")
+
+
 def test_the_snr_range_reaches_the_sampler():
     from train.cli import recipe_mix
 

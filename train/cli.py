@@ -773,10 +773,9 @@ def demo_cmd(path, seconds, calls, lookalikes, seed) -> None:
 @click.option(
     "--distil-weight",
     type=click.FloatRange(0.0, 1.0),
-    default=0.5,
-    show_default=True,
+    default=None,
     help="Recipe: with --distil-from, the share of each training target taken from the "
-    "teachers' probability (the rest from the label).",
+    "teachers' probability (the rest from the label).  [default: 0.5]",
 )
 @click.option(
     "--out",
@@ -815,6 +814,8 @@ def crossval_cmd(
         mix = recipe_mix(remix_scale, snr_db, synth_shapes, train_review, review)
         frontend = recipe_frontend(normalisation)
         net = recipe_net(widths, time_pool, frontend)
+        if distil_weight is not None and distil_from is None:
+            raise WhaleError("--distil-weight weighs the teachers of --distil-from: give both")
         writable_folder(out, "--out")
         spans = read_reviews(review)
         sets = Datasets(list(data_paths), None, channel)
@@ -840,7 +841,8 @@ def crossval_cmd(
             "net": net,
         }
         if distil_from is not None:
-            options["distil"] = {"from": str(distil_from), "weight": distil_weight}
+            weight = 0.5 if distil_weight is None else distil_weight
+            options["distil"] = {"from": str(distil_from), "weight": weight}
         run_crossval(
             sets.eval_ann,
             sets.eval_bg,
