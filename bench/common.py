@@ -280,18 +280,27 @@ class ProcessResult:
         return (float(match.group(1)), float(match.group(2))) if match else None
 
 
+def status_mb(pid: int, field: str) -> float | None:
+    """One memory line of /proc/PID/status (VmHWM: peak, VmRSS: now) in MB; None once the
+    process is gone (0.0 if the kernel has no such line)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024 / 1e6
+        return 0.0
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def read_proc(pid: int) -> tuple[float, float] | None:
     """(cpu seconds, peak RSS MB) of a live process from /proc, None once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-        hwm = 0.0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024 / 1e6
-        return cpu, hwm
     except (OSError, IndexError, ValueError):
         return None
+    hwm = status_mb(pid, "VmHWM")
+    return None if hwm is None else (cpu, hwm)
 
 
 # A tiny parent for the measured process: a child's peak RSS from wait4 counts the memory of

@@ -11,12 +11,22 @@ Throughput against hop and batch is in the throughput section's tables.
 """
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from bench.common import Context, Figure, Section, check, md_table, replay_args, run_process
+from bench.common import (
+    Context,
+    Figure,
+    Section,
+    check,
+    md_table,
+    replay_args,
+    run_process,
+    status_mb,
+)
 from detector.constants import SAMPLE_RATE
 
 SAMPLE_EVERY_S = 0.1
@@ -33,17 +43,6 @@ def write_repeated(ctx: Context, hours: int) -> Path:
     return path
 
 
-def resident_mb(pid: int) -> float | None:
-    """The process's resident set now (VmRSS), MB; None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 class RssSampler:
     """Samples a child's resident set every SAMPLE_EVERY_S from its start to its exit."""
 
@@ -56,9 +55,9 @@ class RssSampler:
         self._thread.start()
 
     def _run(self, pid: int) -> None:
-        stop = threading.Event()
-        while not stop.wait(SAMPLE_EVERY_S):
-            mb = resident_mb(pid)
+        while True:
+            time.sleep(SAMPLE_EVERY_S)
+            mb = status_mb(pid, "VmRSS")
             if mb is None:
                 return
             self.samples.append(mb)
