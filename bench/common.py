@@ -323,23 +323,42 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
+def one_core() -> set[int]:
+    """The last core this process may run on: what `taskset -c N` gives a one-core run."""
+    return {max(os.sched_getaffinity(0))}
+
+
+def pin_to(cores: set[int] | None) -> Callable[[], None] | None:
+    """A preexec_fn that pins the child, and so every thread it starts, to `cores` (as taskset
+    does: a thread's affinity is its own, so pinning the parent later would miss BLAS threads)."""
+    return None if cores is None else lambda: os.sched_setaffinity(0, cores)
+
+
 def run_process(
     cmd: list[str],
     env: dict[str, str] | None = None,
     timeout: float = 600,
     on_start: Callable[[int], None] | None = None,
     measure_memory: bool = True,
+    cores: set[int] | None = None,
 ) -> ProcessResult:
     """Run to completion, time-stamping stderr lines as they arrive.
 
     With measure_memory, a small wrapper forks the command and reports its peak RSS, CPU time
     and wall time from wait4 (the wrapper's own ~20 ms start is outside that wall time).
     Without it, wall time counts from just before the fork and peak RSS is not known.
+    With cores, the command (and its children) run on those cores only, as under taskset.
     """
     t0 = time.monotonic()
     full = [sys.executable, "-c", RUSAGE_WRAPPER, *cmd] if measure_memory else cmd
     proc = subprocess.Popen(
-        full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO, text=True
+        full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO,
+        text=True,
+        preexec_fn=pin_to(cores),
     )
     lines: list[tuple[float, str]] = []
     child: list[int] = [] if measure_memory else [proc.pid]

@@ -78,7 +78,8 @@ def cheap_wins(ctx: Context) -> list[str]:
             f"Taken: replay uses the stream scorer (detector/streaming.py: one screen over the "
             f"stream, the whole model only on windows near the threshold), "
             f"{r['x_stream_alone']:,.0f}x alone (scorers section). What is left there is the "
-            f"screen's numpy front end and conv map, and the rescored windows: the shipped "
+            f"screen's front end (its DFT and mel products, in onnxruntime), PCEN smoother and "
+            f"conv map, and the rescored windows: the shipped "
             f"PCEN head costs most of a per-window model call, so each rescored window counts."
         )
     wins.append(

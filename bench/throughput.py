@@ -26,6 +26,7 @@ from bench.common import (
     goal_figure,
     md_table,
     median,
+    one_core,
     replay_args,
     run_process,
     spread,
@@ -50,7 +51,8 @@ def cli_replay(ctx: Context, threads: int, hop: float, batch: int) -> dict:
     loop_x, wall_x, rss = [], [], []
     for _ in range(ctx.repeats):
         args = replay_args(ctx, ctx.audio, threads=threads, hop=hop, batch=batch, tag="tput")
-        result = check(run_process(args), "whale-listen --replay")
+        cores = one_core() if threads == 1 else None  # one core: taskset, as the issue asks
+        result = check(run_process(args, cores=cores), "whale-listen --replay")
         audio_s, x = result.done_line() or (0.0, 0.0)
         loop_x.append(x)
         wall_x.append(audio_s / result.wall_s)
