@@ -13,7 +13,6 @@ counts them (PCEN's smoother and the element-wise work are not counted).
 """
 
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -21,7 +20,18 @@ import time
 import numpy as np
 import soundfile as sf
 
-from bench.common import HOUR_S, Context, Figure, Section, md_table, one_core, pin_to
+from bench.common import (
+    HOUR_S,
+    REPO,
+    Context,
+    Figure,
+    Section,
+    md_table,
+    median,
+    one_core,
+    pin_to,
+    repeat,
+)
 from bench.throughput import GOAL_WALL_X, GOAL_X_REALTIME
 from detector.constants import SAMPLE_RATE
 from detector.model import card_path, load_model
@@ -35,24 +45,24 @@ CLI_LOOP = "stream scorer, whole CLI (done: line)"
 CLI_WALL = "stream scorer, whole CLI (wall clock, start-up included)"
 
 
-GEMM = """
-import time, numpy as np
-a = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
-a @ a
-best = min((lambda t0: (a @ a, time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(N))
-print(2 * 512**3 / best / 1e9)
-"""
+def gemm_gflops(repeats: int) -> float:
+    """float32 matrix-product speed of whatever cores this process has (numpy/BLAS, 512^3)."""
+    a = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(max(5, repeats)))
+    return 2 * 512**3 / best / 1e9
 
 
 def core_gflops(repeats: int) -> float:
-    """One core's float32 matrix-product speed (numpy/BLAS, 512^3), in a child pinned to one
-    core: in this process BLAS would use every core (twice the figure on 2 cores)."""
-    code = GEMM.replace("N", str(max(20, 4 * repeats)))
+    """One core's `gemm_gflops`, in a child pinned to one core: in this process BLAS would use
+    every core (twice the figure on 2 cores)."""
+    code = f"from bench.scorers import gemm_gflops; print(gemm_gflops({max(20, 4 * repeats)}))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
+        cwd=REPO,
         preexec_fn=pin_to(one_core()),
     )
     return float(out.stdout.split()[-1])
@@ -63,13 +73,12 @@ def import_floor_s(repeats: int) -> float:
     runs): no replay can start faster, whatever the daemon does around them."""
     command = [sys.executable, "-c", "import numpy, onnxruntime"]
     pinned = pin_to(one_core())
-    subprocess.run(command, check=True, preexec_fn=pinned)  # page cache
-    times = []
-    for _ in range(max(5, repeats)):
-        t0 = time.perf_counter()
-        subprocess.run(command, check=True, preexec_fn=pinned)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    def start() -> float:
+        return _timed(lambda: subprocess.run(command, check=True, preexec_fn=pinned))
+
+    start()  # page cache
+    return median(repeat(start, max(5, repeats)))
 
 
 def floor_lines(flops_s: float, gflops: float, start_s: float) -> tuple[float, float, list[str]]:
